@@ -1,0 +1,51 @@
+/*
+ * cli.h - what the outpost subcommands share: the command table, number
+ * parsing with range checks, and the one-line error convention.
+ *
+ * Every command is `int cmd_x(int argc, char **argv)` with argv[0] the
+ * command's own name, parses its flags with getopt_long, and returns the
+ * process exit code: 0 ok, 1 runtime failure, 2 usage error. Errors are one
+ * line on stderr, "outpost CMD: what was wrong", naming the file, field or
+ * value at fault. `--help` prints the command's usage on stdout and exits 0.
+ */
+#ifndef OUTPOST_CLI_H
+#define OUTPOST_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CLI_OK 0
+#define CLI_FAIL 1
+#define CLI_USAGE 2
+
+int cmd_run(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+int cmd_model(int argc, char **argv); /* model info | model synth */
+
+/* After getopt_long returned '?' or ':' (optstrings start with ':' and opterr
+ * is 0): one line naming the bad option; returns CLI_USAGE. */
+int cli_bad_option(const char *cmd, char **argv, int ret);
+
+/* Print "outpost <cmd>: <message>" on stderr. */
+void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Parse the whole of s as a number within [lo, hi]; false (with an error
+ * naming flag and value printed for cmd) otherwise. */
+bool cli_parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi,
+                    long *out);
+bool cli_parse_u64(const char *cmd, const char *flag, const char *s, uint64_t *out);
+bool cli_parse_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                     float *out);
+
+/* Read a whole file (or stdin for "-") into a malloc'd NUL-terminated buffer. */
+char *cli_read_file(const char *cmd, const char *path, size_t *len);
+
+/* Monotonic clock in seconds. */
+double cli_now(void);
+
+#endif

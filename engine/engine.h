@@ -1,0 +1,96 @@
+/*
+ * engine.h - load a GGUF model and run it (the eng_ module).
+ *
+ * An eng_model holds the hyper-parameters, the tokenizer and pointers to the
+ * weights, which stay in the read-only mapping of the GGUF file. It is
+ * immutable after eng_model_open() and may be shared by several contexts.
+ *
+ * An eng_ctx is one sequence being evaluated: its KV cache, scratch buffers
+ * and compute thread pool. eng_eval() appends a batch of tokens (the prompt
+ * as one matrix x matrix pass, or one token while decoding) and leaves the
+ * logits in the context. A context is driven by one thread at a time.
+ */
+#ifndef OUTPOST_ENGINE_H
+#define OUTPOST_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "quant.h"
+#include "tok.h"
+
+enum {
+    ENG_OK = 0,
+    ENG_EIO = -1,
+    ENG_EFORMAT = -2,  /* the model file is not usable */
+    ENG_ENOMEM = -3,
+    ENG_EUSAGE = -4,   /* bad arguments */
+    ENG_ECTXFULL = -5, /* the batch does not fit in the context */
+};
+
+typedef enum eng_arch { ENG_ARCH_LLAMA = 1 } eng_arch;
+
+typedef struct eng_hparams {
+    eng_arch arch;
+    char arch_name[32];
+    int32_t n_vocab;
+    int32_t n_ctx_train;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    int32_t n_ff;
+    int32_t n_rot;     /* RoPE dimension count */
+    float rope_freq_base;
+    float norm_eps;
+    bool tied_output;  /* output head shares token_embd */
+} eng_hparams;
+
+typedef struct eng_model eng_model;
+typedef struct eng_ctx eng_ctx;
+
+int eng_model_open(eng_model **out, const char *path, char err[256]);
+void eng_model_close(eng_model *m);
+const eng_hparams *eng_model_hparams(const eng_model *m);
+const tok *eng_model_tok(const eng_model *m);
+const gguf *eng_model_gguf(const eng_model *m);
+/* Bytes of weights one decode step reads: every layer tensor and the output
+ * head in full, plus one embedding row. */
+uint64_t eng_model_decode_weight_bytes(const eng_model *m);
+/* The type most of the weights have (for reports). */
+qt_type eng_model_main_type(const eng_model *m);
+
+typedef struct eng_ctx_params {
+    int32_t n_ctx;     /* positions in the KV cache; <= 0: the training context */
+    int32_t n_threads; /* <= 0: online cores */
+    int32_t n_batch;   /* tokens per forward pass; <= 0: 512 */
+    qt_type kv_type;   /* QT_F16 (default when 0 is given as QT_F32) */
+} eng_ctx_params;
+
+eng_ctx_params eng_ctx_params_default(void);
+int eng_ctx_new(eng_ctx **out, const eng_model *m, const eng_ctx_params *p, char err[256]);
+void eng_ctx_free(eng_ctx *c);
+
+/* Evaluate n tokens at positions n_past .. n_past+n-1. With all_logits the
+ * logits of every token are kept (perplexity), otherwise only the last's.
+ * ENG_ECTXFULL if the tokens do not fit; the context is then unchanged. */
+int eng_eval(eng_ctx *c, const int32_t *tokens, int32_t n, bool all_logits, char err[256]);
+/* Logits of token i of the last batch (i = -1: the last token). */
+const float *eng_logits(const eng_ctx *c, int32_t i);
+int32_t eng_n_past(const eng_ctx *c);
+/* The context's compute threads, for work that should share them (e.g. a
+ * bandwidth measurement next to decoding). */
+struct pool *eng_ctx_pool(eng_ctx *c);
+int32_t eng_n_ctx(const eng_ctx *c);
+/* Bytes of KV cache per position (all layers, K and V). */
+uint64_t eng_kv_bytes_per_pos(const eng_ctx *c);
+/* Forget every position from n on (n <= n_past). */
+void eng_kv_truncate(eng_ctx *c, int32_t n);
+/* Drop positions [keep, keep+n_discard) and move the later ones down, with
+ * their keys re-rotated for their new positions (context shift). */
+int eng_kv_shift(eng_ctx *c, int32_t keep, int32_t n_discard, char err[256]);
+
+#endif

@@ -1,0 +1,88 @@
+/*
+ * kv.c - the KV cache: storage, truncation and context shift.
+ *
+ * Keys are stored after RoPE, so moving a key to another position means
+ * turning it by the difference (RoPE rotations compose: rotating by pos a
+ * then by d equals rotating by a + d). A shift therefore converts each moved
+ * key row to float, rotates it by -n_discard, and stores it back; values move
+ * as they are.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_impl.h"
+#include "ops.h"
+
+int kv_init(kv_cache *kv, qt_type type, int32_t n_layer, int32_t n_ctx, int32_t kv_dim,
+            char err[256])
+{
+    memset(kv, 0, sizeof *kv);
+    const qt_traits *tr = qt_get(type);
+    if (!tr || (type != QT_F16 && type != QT_F32) ) {
+        snprintf(err, 256, "KV cache type %s is not supported (use f16)", qt_type_name(type));
+        return ENG_EUSAGE;
+    }
+    kv->type = type;
+    kv->n_layer = n_layer;
+    kv->n_ctx = n_ctx;
+    kv->kv_dim = kv_dim;
+    kv->row_bytes = qt_row_bytes(type, kv_dim);
+    size_t bytes = kv->row_bytes * (size_t)n_layer * (size_t)n_ctx;
+    kv->k = malloc(bytes);
+    kv->v = malloc(bytes);
+    if (!kv->k || !kv->v) {
+        kv_release(kv);
+        snprintf(err, 256, "out of memory for a %d-position KV cache (%zu MiB)", n_ctx,
+                 2 * bytes >> 20);
+        return ENG_ENOMEM;
+    }
+    return ENG_OK;
+}
+
+void kv_release(kv_cache *kv)
+{
+    free(kv->k);
+    free(kv->v);
+    kv->k = kv->v = NULL;
+}
+
+uint64_t eng_kv_bytes_per_pos(const eng_ctx *c)
+{
+    return 2 * (uint64_t)c->kv.row_bytes * (uint64_t)c->kv.n_layer;
+}
+
+void eng_kv_truncate(eng_ctx *c, int32_t n)
+{
+    if (n >= 0 && n < c->n_past)
+        c->n_past = n;
+}
+
+int eng_kv_shift(eng_ctx *c, int32_t keep, int32_t n_discard, char err[256])
+{
+    if (keep < 0 || n_discard <= 0 || keep + n_discard > c->n_past) {
+        snprintf(err, 256, "cannot drop %d positions after the first %d of %d", n_discard, keep,
+                 c->n_past);
+        return ENG_EUSAGE;
+    }
+    const eng_hparams *hp = &c->m->hp;
+    const qt_traits *tr = qt_get(c->kv.type);
+    float *row = malloc((size_t)c->kv.kv_dim * sizeof(float));
+    if (!row) {
+        snprintf(err, 256, "out of memory shifting the KV cache");
+        return ENG_ENOMEM;
+    }
+    for (int32_t l = 0; l < c->kv.n_layer; l++) {
+        for (int32_t p = keep + n_discard; p < c->n_past; p++) {
+            int32_t to = p - n_discard;
+            tr->to_float(kv_k_row(&c->kv, l, p), row, c->kv.kv_dim);
+            ops_rope(row, hp->n_head_kv, hp->head_dim, hp->n_rot, -(double)n_discard,
+                     hp->rope_freq_base);
+            tr->from_float(row, kv_k_row(&c->kv, l, to), c->kv.kv_dim);
+            memmove(kv_v_row(&c->kv, l, to), kv_v_row(&c->kv, l, p), c->kv.row_bytes);
+        }
+    }
+    free(row);
+    c->n_past -= n_discard;
+    return ENG_OK;
+}

@@ -1,0 +1,120 @@
+/*
+ * matmul.c - weight x activation products for a batch of tokens.
+ *
+ * The activations are quantized once to the weights' vec_dot_type (Q8_0 or
+ * Q8_1 blocks for quantized weights: 4-bit or 8-bit weights meet 8-bit
+ * activations in integer dot products), split across threads by row. Then
+ * every thread takes a contiguous range of the concatenated output rows of
+ * all jobs and walks it in tiles of MM_TILE_ROWS weight rows: a tile stays in
+ * cache while it meets each token of the batch, so a prompt of n tokens reads
+ * the weights from memory once, not n times.
+ *
+ * Each output element is one vec_dot call made by exactly one thread, so the
+ * result is the same for every thread count.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_impl.h"
+
+#define MM_TILE_ROWS 16
+#define MM_MAX_JOBS 4
+
+typedef struct mm_task {
+    const mm_job *jobs;
+    int n_jobs;
+    const float *x;
+    int32_t n;
+    int64_t ne0;
+    const qt_traits *wt, *xt;
+    const uint8_t *xq; /* quantized activations, or x itself for F32 */
+    size_t xq_row_bytes;
+    int64_t total_rows;
+} mm_task;
+
+static void mm_quantize(void *arg, int ith, int nth)
+{
+    mm_task *t = arg;
+    long b, e;
+    pool_range(t->n, ith, nth, &b, &e);
+    for (long i = b; i < e; i++)
+        t->xt->from_float(t->x + i * t->ne0, (uint8_t *)t->xq + i * t->xq_row_bytes, t->ne0);
+}
+
+static void mm_compute(void *arg, int ith, int nth)
+{
+    mm_task *t = arg;
+    long b, e;
+    pool_range(t->total_rows, ith, nth, &b, &e);
+    qt_vec_dot_fn dot = t->wt->vec_dot;
+    int64_t base = 0;
+    for (int j = 0; j < t->n_jobs && b < e; j++) {
+        const eng_w *w = t->jobs[j].w;
+        float *y = t->jobs[j].y;
+        int64_t lo = b > base ? b - base : 0;
+        int64_t hi = e - base < w->ne1 ? e - base : w->ne1;
+        for (int64_t r0 = lo; r0 < hi; r0 += MM_TILE_ROWS) {
+            int64_t r1 = r0 + MM_TILE_ROWS < hi ? r0 + MM_TILE_ROWS : hi;
+            for (int32_t tok = 0; tok < t->n; tok++) {
+                const uint8_t *xr = t->xq + (size_t)tok * t->xq_row_bytes;
+                float *yr = y + (size_t)tok * (size_t)w->ne1;
+                for (int64_t r = r0; r < r1; r++)
+                    dot(w->ne0, &yr[r], w->data + (size_t)r * w->row_bytes, xr);
+            }
+        }
+        base += w->ne1;
+        if (base >= e)
+            break;
+    }
+}
+
+int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *x, int32_t n,
+           char err[256])
+{
+    if (n_jobs < 1 || n_jobs > MM_MAX_JOBS) {
+        snprintf(err, 256, "matmul: %d jobs (1..%d allowed)", n_jobs, MM_MAX_JOBS);
+        return ENG_EUSAGE;
+    }
+    mm_task t = {.jobs = jobs, .n_jobs = n_jobs, .x = x, .n = n, .ne0 = jobs[0].w->ne0};
+    t.wt = qt_get(jobs[0].w->type);
+    for (int j = 0; j < n_jobs; j++) {
+        if (jobs[j].w->type != jobs[0].w->type || jobs[j].w->ne0 != t.ne0) {
+            snprintf(err, 256, "matmul: %s and %s differ in type or width", jobs[0].w->name,
+                     jobs[j].w->name);
+            return ENG_EUSAGE;
+        }
+        t.total_rows += jobs[j].w->ne1;
+    }
+    t.xt = qt_get(t.wt->vec_dot_type);
+    if (t.wt->vec_dot_type == QT_F32) {
+        t.xq = (const uint8_t *)x;
+        t.xq_row_bytes = (size_t)t.ne0 * sizeof(float);
+    } else {
+        t.xq_row_bytes = qt_row_bytes(t.wt->vec_dot_type, t.ne0);
+        size_t need = t.xq_row_bytes * (size_t)n;
+        if (need > s->cap_bytes) {
+            uint8_t *nb = realloc(s->xq, need);
+            if (!nb) {
+                snprintf(err, 256, "matmul: out of memory for %zu bytes of activations", need);
+                return ENG_ENOMEM;
+            }
+            s->xq = nb;
+            s->cap_bytes = need;
+        }
+        t.xq = s->xq;
+        if (n == 1)
+            mm_quantize(&t, 0, 1);
+        else
+            pool_run(p, mm_quantize, &t);
+    }
+    pool_run(p, mm_compute, &t);
+    return ENG_OK;
+}
+
+void mm_scratch_release(mm_scratch *s)
+{
+    free(s->xq);
+    s->xq = NULL;
+    s->cap_bytes = 0;
+}

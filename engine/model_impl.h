@@ -1,0 +1,99 @@
+/*
+ * model_impl.h - the engine's internal structures, shared by model.c (load),
+ * kv.c (the KV cache), matmul.c and llama.c (the forward pass). Nothing
+ * outside engine/ includes this file.
+ */
+#ifndef OUTPOST_MODEL_IMPL_H
+#define OUTPOST_MODEL_IMPL_H
+
+#include "engine.h"
+#include "pool.h"
+
+/* A weight matrix as the kernels see it: ne1 rows of ne0 elements, rows
+ * row_bytes apart, in the read-only mapping of the model file. */
+typedef struct eng_w {
+    const char *name;
+    const uint8_t *data;
+    qt_type type;
+    int64_t ne0, ne1;
+    size_t row_bytes;
+} eng_w;
+
+typedef struct eng_layer {
+    const float *attn_norm; /* [n_embd], converted to F32 at load */
+    eng_w wq, wk, wv, wo;
+    const float *ffn_norm;
+    eng_w w_gate, w_up, w_down;
+} eng_layer;
+
+struct eng_model {
+    gguf *g;
+    tok *tk;
+    eng_hparams hp;
+    eng_w tok_embd;
+    const float *output_norm;
+    eng_w output;       /* == tok_embd when tied */
+    eng_layer *layers;
+    float *norm_store;  /* owns every norm vector above */
+    uint64_t decode_weight_bytes;
+    qt_type main_type;
+};
+
+/* The KV cache: for each layer, n_ctx rows of kv_dim elements of K and of V
+ * (in `type`, F16 or Q8_0), position-major so a decode step appends one row. */
+typedef struct kv_cache {
+    qt_type type;
+    int32_t n_layer, n_ctx, kv_dim;
+    size_t row_bytes;
+    uint8_t *k, *v;
+} kv_cache;
+
+int kv_init(kv_cache *kv, qt_type type, int32_t n_layer, int32_t n_ctx, int32_t kv_dim,
+            char err[256]);
+void kv_release(kv_cache *kv);
+static inline uint8_t *kv_k_row(const kv_cache *kv, int32_t layer, int32_t pos)
+{
+    return kv->k + ((size_t)layer * (size_t)kv->n_ctx + (size_t)pos) * kv->row_bytes;
+}
+static inline uint8_t *kv_v_row(const kv_cache *kv, int32_t layer, int32_t pos)
+{
+    return kv->v + ((size_t)layer * (size_t)kv->n_ctx + (size_t)pos) * kv->row_bytes;
+}
+
+/* One matrix x matrix product of a batch: y[t][r] = dot(W row r, x[t]). */
+typedef struct mm_job {
+    const eng_w *w;
+    float *y; /* [n][w->ne1] */
+} mm_job;
+
+/* Scratch the matmul needs: activation rows quantized to the weights'
+ * vec_dot_type, sized for n_batch rows of the widest input. */
+typedef struct mm_scratch {
+    uint8_t *xq;
+    size_t cap_bytes;
+} mm_scratch;
+
+/* y = x W^T for up to 4 weights sharing the input x[n][ne0] (all jobs must
+ * have the same ne0 and type). Rows are split across the pool's threads;
+ * each output is computed by one thread, so results do not depend on the
+ * thread count. */
+int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *x, int32_t n,
+           char err[256]);
+void mm_scratch_release(mm_scratch *s);
+
+struct eng_ctx {
+    const eng_model *m;
+    pool *pool;
+    kv_cache kv;
+    int32_t n_ctx, n_batch, n_past;
+    /* activations for one pass of up to n_batch tokens */
+    float *x, *xb, *q, *k, *v, *attn, *ffn_g, *ffn_u;
+    float *att_scratch; /* per thread: scores [n_ctx] + q row + output row */
+    size_t att_scratch_per_thread;
+    mm_scratch mm;
+    float *logits;      /* [n_logits][n_vocab] */
+    int32_t n_logits, cap_logits;
+    int32_t *pos;       /* positions of the batch */
+};
+
+#endif

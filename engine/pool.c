@@ -1,0 +1,168 @@
+/*
+ * pool.c - persistent compute threads with spin-then-sleep hand-off.
+ *
+ * A job is published by bumping `generation` (seq_cst) after storing fn/ctx.
+ * Workers watch generation: they spin for up to SPIN_ROUNDS checks, then
+ * register as sleepers and wait on `wake`. The publisher broadcasts only if a
+ * sleeper is registered; because the sleeper increments n_sleeping before it
+ * re-reads generation, and the publisher bumps generation before it reads
+ * n_sleeping (both seq_cst), a wake-up can't be lost. Completion is counted
+ * in `n_done`, which thread 0 spins on.
+ */
+#include "pool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#define SPIN_ROUNDS 200000
+
+typedef struct worker {
+    pool *p;
+    int ith;
+    pthread_t thread;
+} worker;
+
+struct pool {
+    int nth;
+    worker *workers; /* nth - 1 of them; thread 0 is the caller */
+    pool_fn fn;
+    void *ctx;
+    atomic_uint generation;
+    atomic_int n_done;
+    atomic_int n_sleeping;
+    atomic_bool stop;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+};
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    pool *p = w->p;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned gen;
+        int spins = 0;
+        while ((gen = atomic_load(&p->generation)) == seen && spins < SPIN_ROUNDS) {
+            cpu_relax();
+            spins++;
+        }
+        if (gen == seen) {
+            pthread_mutex_lock(&p->lock);
+            atomic_fetch_add(&p->n_sleeping, 1);
+            while ((gen = atomic_load(&p->generation)) == seen)
+                pthread_cond_wait(&p->wake, &p->lock);
+            atomic_fetch_sub(&p->n_sleeping, 1);
+            pthread_mutex_unlock(&p->lock);
+        }
+        seen = gen;
+        if (atomic_load(&p->stop))
+            return NULL;
+        p->fn(p->ctx, w->ith, p->nth);
+        atomic_fetch_add(&p->n_done, 1);
+    }
+}
+
+static void publish(pool *p)
+{
+    atomic_fetch_add(&p->generation, 1);
+    if (atomic_load(&p->n_sleeping) > 0) {
+        pthread_mutex_lock(&p->lock);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->lock);
+    }
+}
+
+int pool_new(pool **out, int n_threads, char err[256])
+{
+    *out = NULL;
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    if (n_threads > 512) {
+        snprintf(err, 256, "thread count %d is above the limit of 512", n_threads);
+        return -1;
+    }
+    pool *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, 256, "out of memory for the thread pool");
+        return -1;
+    }
+    p->nth = n_threads;
+    atomic_init(&p->generation, 0);
+    atomic_init(&p->n_done, 0);
+    atomic_init(&p->n_sleeping, 0);
+    atomic_init(&p->stop, false);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    p->workers = calloc((size_t)n_threads, sizeof *p->workers);
+    if (!p->workers) {
+        snprintf(err, 256, "out of memory for the thread pool");
+        pool_free(p);
+        return -1;
+    }
+    for (int i = 1; i < n_threads; i++) {
+        worker *w = &p->workers[i];
+        w->p = p;
+        w->ith = i;
+        int rc = pthread_create(&w->thread, NULL, worker_main, w);
+        if (rc != 0) {
+            snprintf(err, 256, "cannot start compute thread %d of %d: %s", i, n_threads,
+                     strerror(rc));
+            p->nth = i; /* join only the ones that started */
+            pool_free(p);
+            return -1;
+        }
+    }
+    *out = p;
+    return 0;
+}
+
+void pool_free(pool *p)
+{
+    if (!p)
+        return;
+    if (p->workers) {
+        atomic_store(&p->stop, true);
+        publish(p);
+        for (int i = 1; i < p->nth; i++)
+            pthread_join(p->workers[i].thread, NULL);
+        free(p->workers);
+    }
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->wake);
+    free(p);
+}
+
+int pool_threads(const pool *p) { return p->nth; }
+
+void pool_run(pool *p, pool_fn fn, void *ctx)
+{
+    if (p->nth == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store(&p->n_done, 0);
+    publish(p);
+    fn(ctx, 0, p->nth);
+    while (atomic_load(&p->n_done) < p->nth - 1)
+        cpu_relax();
+}

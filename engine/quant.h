@@ -1,0 +1,104 @@
+/*
+ * quant.h - tensor element types as rows of one table (the qt_ module).
+ *
+ * Every type the engine stores weights or activations in is one row of
+ * qt_traits: block size, block bytes, to_float, from_float, and a dot product
+ * against the row's activation type (vec_dot_type). Quantized weights are
+ * multiplied with activations that were quantized to 8 bits per block
+ * (Q8_0 or Q8_1), so the inner loops are integer dot products.
+ *
+ * Each row exists once per implementation: the scalar reference (portable C,
+ * the definition of correct) and SIMD variants chosen at run time from the
+ * CPU's features. qt_get() returns the fastest available; tests compare it
+ * against qt_get_impl(t, QT_IMPL_SCALAR). Rows are static and immutable; the
+ * CPU feature probe runs once (thread-safe) on first use.
+ *
+ * Type ids are the ggml/GGUF numbering, so a GGUF tensor's type field is a
+ * qt_type as it stands.
+ */
+#ifndef OUTPOST_QUANT_H
+#define OUTPOST_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef enum qt_type {
+    QT_F32 = 0,
+    QT_F16 = 1,
+    QT_Q4_0 = 2,
+    QT_Q4_1 = 3,
+    QT_Q5_0 = 6,
+    QT_Q5_1 = 7,
+    QT_Q8_0 = 8,
+    QT_Q8_1 = 9,
+    QT_Q2_K = 10,
+    QT_Q3_K = 11,
+    QT_Q4_K = 12,
+    QT_Q5_K = 13,
+    QT_Q6_K = 14,
+    QT_Q8_K = 15,
+    QT_I8 = 24,
+    QT_I16 = 25,
+    QT_I32 = 26,
+    QT_I64 = 27,
+    QT_F64 = 28,
+    QT_BF16 = 30,
+    QT_TYPE_COUNT = 40 /* ids below this may be looked up */
+} qt_type;
+
+typedef enum qt_impl {
+    QT_IMPL_BEST = 0, /* fastest this CPU runs */
+    QT_IMPL_SCALAR,   /* portable reference */
+    QT_IMPL_AVX2,     /* x86-64 AVX2 + FMA + F16C */
+} qt_impl;
+
+/* Dequantize n elements (n a multiple of block_elems). */
+typedef void (*qt_to_float_fn)(const void *restrict src, float *restrict dst, int64_t n);
+/* Quantize n elements (n a multiple of block_elems). */
+typedef void (*qt_from_float_fn)(const float *restrict src, void *restrict dst, int64_t n);
+/* *s = dot(x, y) over n elements; x has this row's type, y its vec_dot_type. */
+typedef void (*qt_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict x,
+                              const void *restrict y);
+
+typedef struct qt_traits {
+    qt_type type;
+    const char *name;       /* "q4_0", as users spell it */
+    uint32_t block_elems;   /* elements per block */
+    uint32_t block_bytes;   /* bytes per block */
+    bool is_quantized;
+    qt_type vec_dot_type;   /* what activations are converted to for vec_dot */
+    qt_to_float_fn to_float;
+    qt_from_float_fn from_float; /* NULL where quantizing is not supported */
+    qt_vec_dot_fn vec_dot;       /* NULL for activation-only or storage-only types */
+} qt_traits;
+
+/* The row for t with the fastest kernels, or NULL for an unknown/unsupported id. */
+const qt_traits *qt_get(qt_type t);
+/* The row for t in one implementation; NULL when unknown or not runnable here. */
+const qt_traits *qt_get_impl(qt_type t, qt_impl impl);
+/* Look a type up by its name ("q8_0", "F16", case-insensitive); -1 if unknown. */
+int qt_type_from_name(const char *name);
+const char *qt_type_name(qt_type t); /* "?" for unknown */
+const char *qt_impl_name(qt_impl impl);
+/* Which implementation qt_get() uses. */
+qt_impl qt_best_impl(void);
+
+/* Bytes of a row of n elements, or 0 if n is not a multiple of the block size
+ * or t is unknown. */
+size_t qt_row_bytes(qt_type t, int64_t n);
+
+/* IEEE half and bfloat16 conversions (round to nearest even). */
+float qt_fp16_to_fp32(uint16_t h);
+uint16_t qt_fp32_to_fp16(float f);
+static inline float qt_bf16_to_fp32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+uint16_t qt_fp32_to_bf16(float f);
+
+#endif

@@ -1,0 +1,218 @@
+/*
+ * quant_impl.h - what the qt_ kernel files share and nothing else includes:
+ * the block layouts, inline fp16 bit conversions, and the per-type kernels
+ * that quant.c puts into its table.
+ *
+ * Block layouts are the ggml/GGUF ones byte for byte, because weights are
+ * read in place from files llama.cpp wrote. Blocks sit back to back inside
+ * mmapped tensor data, so a block may start at any even (or, from a careless
+ * caller, odd) address: the structs are packed (alignment 1) and the compiler
+ * emits unaligned loads for the fp16 fields, which keeps UBSan quiet and costs
+ * nothing on the CPUs we target.
+ *
+ * Naming: qt_<type>_<op> is the portable reference kernel (quant_float.c,
+ * quant_q4.c, quant_q5.c, quant_q8.c); qt_avx2_<type>_<op> is its AVX2 twin
+ * in quant_avx2.c, which alone is compiled with -mavx2 -mfma -mf16c and may
+ * only be called after quant.c's CPU probe said yes.
+ */
+#ifndef OUTPOST_QUANT_IMPL_H
+#define OUTPOST_QUANT_IMPL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "quant.h"
+
+/* Elements per block of every legacy ggml quant (Q4_0 ... Q8_1). */
+#define QT_QK 32
+
+#define QT_PACKED __attribute__((packed))
+
+/* ggml block_q8_0: x = qs * d. */
+typedef struct QT_PACKED qt_block_q8_0 {
+    uint16_t d; /* fp16 */
+    int8_t qs[QT_QK];
+} qt_block_q8_0;
+
+/* ggml block_q8_1: x = qs * d, and s = d * (sum of qs) for the _1 weights'
+ * offset term. Activation-only. */
+typedef struct QT_PACKED qt_block_q8_1 {
+    uint16_t d; /* fp16 */
+    uint16_t s; /* fp16 */
+    int8_t qs[QT_QK];
+} qt_block_q8_1;
+
+/* ggml block_q4_0: element j (0..15) is the low nibble of qs[j], element
+ * j + 16 the high nibble; x = (nibble - 8) * d. */
+typedef struct QT_PACKED qt_block_q4_0 {
+    uint16_t d;
+    uint8_t qs[QT_QK / 2];
+} qt_block_q4_0;
+
+/* ggml block_q4_1: nibbles as Q4_0; x = nibble * d + m. */
+typedef struct QT_PACKED qt_block_q4_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qs[QT_QK / 2];
+} qt_block_q4_1;
+
+/* ggml block_q5_0: low four bits as Q4_0; qh is a little-endian uint32 whose
+ * bit j is bit 4 of element j; x = (q5 - 16) * d. */
+typedef struct QT_PACKED qt_block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[QT_QK / 2];
+} qt_block_q5_0;
+
+/* ggml block_q5_1: bits as Q5_0; x = q5 * d + m. */
+typedef struct QT_PACKED qt_block_q5_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
+    uint8_t qs[QT_QK / 2];
+} qt_block_q5_1;
+
+_Static_assert(sizeof(qt_block_q8_0) == 34, "Q8_0 block is 34 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q8_1) == 36, "Q8_1 block is 36 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q4_0) == 18, "Q4_0 block is 18 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q4_1) == 20, "Q4_1 block is 20 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q5_0) == 22, "Q5_0 block is 22 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q5_1) == 24, "Q5_1 block is 24 bytes in GGUF");
+
+static inline uint32_t qt_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float qt_f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* IEEE 754 binary16 -> binary32, exact. A NaN keeps its payload and comes
+ * out quiet, as the F16C instruction does, so scalar and SIMD rows agree. */
+static inline float qt_fp16_decode(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0x1f)
+        return qt_f32_from_bits(sign | 0x7f800000u | (mant << 13) | (mant ? 0x400000u : 0));
+    if (exp == 0) {
+        /* zero or subnormal: mant * 2^-24 is exact in binary32 */
+        float f = (float)mant * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    return qt_f32_from_bits(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+/* binary32 -> binary16, round to nearest, ties to even; overflow goes to
+ * infinity; a NaN stays a NaN (quiet, top payload bits kept, like F16C). */
+static inline uint16_t qt_fp16_encode(float f)
+{
+    uint32_t u = qt_f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    /* 65520 is halfway between 65504 (odd mantissa) and 2^16: ties go up */
+    if (a >= 0x477ff000u)
+        return (uint16_t)(sign | 0x7c00u);
+    if (a >= 0x38800000u) {
+        /* normal in binary16: rebias the exponent, round 13 dropped bits */
+        uint32_t h = (a - 0x38000000u) >> 13;
+        uint32_t rest = a & 0x1fffu;
+        if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+            h++;
+        return (uint16_t)(sign | h);
+    }
+    /* subnormal in binary16: count units of 2^-24 */
+    uint32_t e = a >> 23;
+    if (e < 102) /* below 2^-25: rounds to zero (2^-25 itself ties to 0) */
+        return sign;
+    uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - e; /* 14..24 */
+    uint32_t h = m >> shift;
+    uint32_t rest = m & ((1u << shift) - 1);
+    uint32_t half = 1u << (shift - 1);
+    if (rest > half || (rest == half && (h & 1u)))
+        h++;
+    return (uint16_t)(sign | h);
+}
+
+/* binary32 -> bfloat16, round to nearest even; NaN stays NaN (quiet). */
+static inline uint16_t qt_bf16_encode(float f)
+{
+    uint32_t u = qt_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* ggml's reference quantizers turn v = x / d + offset into a code by
+ * truncation and clamp it to the top code; this is that rule, defined for
+ * every float (NaN and negatives give 0) so no cast is ever undefined. */
+static inline int qt_trunc_code(float v, int top)
+{
+    if (!(v > 0.0f))
+        return 0;
+    if (v >= (float)top)
+        return top;
+    return (int)v;
+}
+
+/* Portable reference kernels (one trio per type; Q8_1 has no vec_dot). */
+void qt_f32_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_f32_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_f32_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_f16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_f16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_f16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_bf16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_bf16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_bf16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+
+void qt_q8_0_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q8_0_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q8_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q8_1_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q8_1_from_float(const float *restrict src, void *restrict dst, int64_t n);
+
+void qt_q4_0_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q4_0_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q4_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q4_1_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q4_1_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q4_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+
+void qt_q5_0_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q5_0_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q5_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q5_1_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q5_1_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+
+#ifdef OUTPOST_HAVE_AVX2
+/* AVX2 + FMA + F16C kernels (quant_avx2.c). The 8-bit dots assume the
+ * activation codes lie in -127..127, which every qt_ quantizer guarantees. */
+void qt_avx2_f32_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_f16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_avx2_f16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx2_f16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_bf16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_avx2_bf16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx2_bf16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q8_0_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx2_q8_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q8_1_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx2_q4_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q4_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q5_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+#endif
+
+#endif
