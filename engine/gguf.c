@@ -368,23 +368,25 @@ static int parse_tensor_info(gguf *g, cursor *c, size_t i)
     snprintf(what, sizeof what, "the type of tensor '%.60s'", t->name);
     if (!read_u32(c, &t->type, what))
         return GGUF_EFORMAT;
-    const qt_traits *tr = t->type < QT_TYPE_COUNT ? qt_get((qt_type)t->type) : NULL;
-    if (!tr) {
-        set_err(c->err, "%s: tensor '%s': unknown or unsupported tensor type %u", c->name,
-                t->name, t->type);
+    /* Sizes come from the type table's block geometry, which also knows
+     * types the engine cannot compute with, so such files can be inspected. */
+    uint32_t block_elems, block_bytes;
+    if (!qt_block_size((qt_type)t->type, &block_elems, &block_bytes)) {
+        set_err(c->err, "%s: tensor '%s': unknown tensor type %u", c->name, t->name, t->type);
         return GGUF_EFORMAT;
     }
-    if (t->ne[0] % tr->block_elems != 0) {
+    if (t->ne[0] % block_elems != 0) {
         set_err(c->err, "%s: tensor '%s': row length %lld is not a multiple of the %s block size %u",
-                c->name, t->name, (long long)t->ne[0], tr->name, tr->block_elems);
+                c->name, t->name, (long long)t->ne[0], qt_type_name((qt_type)t->type),
+                block_elems);
         return GGUF_EFORMAT;
     }
-    uint64_t n_blocks = n_elems / tr->block_elems;
-    if (n_blocks > UINT64_MAX / tr->block_bytes) {
+    uint64_t n_blocks = n_elems / block_elems;
+    if (n_blocks > UINT64_MAX / block_bytes) {
         set_err(c->err, "%s: tensor '%s': size overflows 64 bits", c->name, t->name);
         return GGUF_EFORMAT;
     }
-    t->size_bytes = n_blocks * tr->block_bytes;
+    t->size_bytes = n_blocks * block_bytes;
     snprintf(what, sizeof what, "the offset of tensor '%.60s'", t->name);
     if (!read_u64(c, &t->offset, what))
         return GGUF_EFORMAT;

@@ -2,8 +2,11 @@
  * pool.c - persistent compute threads with spin-then-sleep hand-off.
  *
  * A job is published by bumping `generation` (seq_cst) after storing fn/ctx.
- * Workers watch generation: they spin for up to SPIN_ROUNDS checks, then
- * register as sleepers and wait on `wake`. The publisher broadcasts only if a
+ * Workers watch generation: they spin (PAUSE) for a few hundred checks, then
+ * keep checking between sched_yield() calls for up to IDLE_SPIN_NS, then
+ * register as sleepers and wait on `wake`. Yielding matters on a machine
+ * with more runnable threads than cores: a waiter that only spun would burn
+ * the time slice the thread it waits for needs. The publisher broadcasts only if a
  * sleeper is registered; because the sleeper increments n_sleeping before it
  * re-reads generation, and the publisher bumps generation before it reads
  * n_sleeping (both seq_cst), a wake-up can't be lost. Completion is counted
@@ -29,7 +32,18 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_ROUNDS 200000
+#include <sched.h>
+#include <time.h>
+
+#define SPIN_PAUSES 512
+#define IDLE_SPIN_NS 2000000L /* 2 ms: longer than the gap between two matmuls */
+
+static long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
 
 typedef struct worker {
     pool *p;
@@ -57,10 +71,17 @@ static void *worker_main(void *arg)
     unsigned seen = 0;
     for (;;) {
         unsigned gen;
-        int spins = 0;
-        while ((gen = atomic_load(&p->generation)) == seen && spins < SPIN_ROUNDS) {
-            cpu_relax();
-            spins++;
+        long spins = 0, deadline = 0;
+        while ((gen = atomic_load(&p->generation)) == seen) {
+            if (++spins <= SPIN_PAUSES) {
+                cpu_relax();
+                continue;
+            }
+            if (deadline == 0)
+                deadline = now_ns() + IDLE_SPIN_NS;
+            else if ((spins & 15) == 0 && now_ns() > deadline)
+                break;
+            sched_yield();
         }
         if (gen == seen) {
             pthread_mutex_lock(&p->lock);
@@ -163,6 +184,10 @@ void pool_run(pool *p, pool_fn fn, void *ctx)
     atomic_store(&p->n_done, 0);
     publish(p);
     fn(ctx, 0, p->nth);
-    while (atomic_load(&p->n_done) < p->nth - 1)
-        cpu_relax();
+    for (long spins = 0; atomic_load(&p->n_done) < p->nth - 1; spins++) {
+        if (spins < SPIN_PAUSES)
+            cpu_relax();
+        else
+            sched_yield();
+    }
 }

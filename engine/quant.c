@@ -83,11 +83,12 @@ static qt_traits avx2_rows[QT_TYPE_COUNT];
 #endif
 
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
-static bool have_avx2;
 static qt_impl best_impl = QT_IMPL_SCALAR;
 
 #ifdef OUTPOST_HAVE_AVX2
 #include <cpuid.h>
+
+static bool have_avx2;
 
 /* AVX2, FMA and F16C in the CPU, and the OS saving YMM state (XCR0 bits 1
  * and 2), as the Intel SDM asks before using 256-bit registers. */
@@ -129,8 +130,10 @@ static void probe(void)
         if (avx2_overrides[i].vec_dot)
             row->vec_dot = avx2_overrides[i].vec_dot;
     }
-    if (have_avx2)
+    if (have_avx2) {
+        qt_avx2_init();
         best_impl = QT_IMPL_AVX2;
+    }
 #endif
     const char *no_simd = getenv("OUTPOST_NO_SIMD");
     if (no_simd && no_simd[0] && strcmp(no_simd, "0") != 0)
@@ -210,13 +213,19 @@ int qt_type_from_name(const char *name)
     return -1;
 }
 
+bool qt_block_size(qt_type t, uint32_t *elems, uint32_t *bytes)
+{
+    if ((int)t < 0 || t >= QT_TYPE_COUNT)
+        return false;
+    *elems = scalar_rows[t].name ? scalar_rows[t].block_elems : storage_only[t].block_elems;
+    *bytes = scalar_rows[t].name ? scalar_rows[t].block_bytes : storage_only[t].block_bytes;
+    return *elems != 0;
+}
+
 size_t qt_row_bytes(qt_type t, int64_t n)
 {
-    if ((int)t < 0 || t >= QT_TYPE_COUNT || n < 0)
-        return 0;
-    uint64_t elems = scalar_rows[t].name ? scalar_rows[t].block_elems : storage_only[t].block_elems;
-    uint64_t bytes = scalar_rows[t].name ? scalar_rows[t].block_bytes : storage_only[t].block_bytes;
-    if (elems == 0 || (uint64_t)n % elems != 0)
+    uint32_t elems, bytes;
+    if (n < 0 || !qt_block_size(t, &elems, &bytes) || (uint64_t)n % elems != 0)
         return 0;
     uint64_t blocks = (uint64_t)n / elems;
     if (blocks > SIZE_MAX / bytes)

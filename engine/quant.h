@@ -85,6 +85,10 @@ const char *qt_impl_name(qt_impl impl);
 /* Which implementation qt_get() uses. */
 qt_impl qt_best_impl(void);
 
+/* Block geometry of any type a GGUF file may hold, including types with no
+ * kernels here (K-quants, integers); false for an unknown id. */
+bool qt_block_size(qt_type t, uint32_t *elems, uint32_t *bytes);
+
 /* Bytes of a row of n elements, or 0 if n is not a multiple of the block size
  * or t is unknown. */
 size_t qt_row_bytes(qt_type t, int64_t n);

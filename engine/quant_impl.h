@@ -199,6 +199,9 @@ void qt_q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const
 #ifdef OUTPOST_HAVE_AVX2
 /* AVX2 + FMA + F16C kernels (quant_avx2.c). The 8-bit dots assume the
  * activation codes lie in -127..127, which every qt_ quantizer guarantees. */
+/* Builds the fp16 lookup table the 8-bit dots read their block scales from;
+ * quant.c calls it once, after the CPU probe, before any AVX2 row is used. */
+void qt_avx2_init(void);
 void qt_avx2_f32_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void qt_avx2_f16_to_float(const void *restrict src, float *restrict dst, int64_t n);
 void qt_avx2_f16_from_float(const float *restrict src, void *restrict dst, int64_t n);

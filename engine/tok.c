@@ -419,13 +419,13 @@ size_t tok_utf8_put(uint32_t cp, char *out)
 #define KEY_TYPES "tokenizer.ggml.token_type"
 #define KEY_MERGES "tokenizer.ggml.merges"
 
-/* Texts that mark a token as ending generation, and the subset that is an
- * end-of-turn marker, as llama.cpp recognises them when the metadata does not
- * name them. */
+/* Texts llama.cpp recognises as end-of-turn and as end-of-generation tokens
+ * when the metadata does not name them. */
 static const char *const tok_eot_texts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-    "<|end_of_text|>", "<EOT>", "_<EOT>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
-    "<end_of_utterance>", NULL,
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+    "<EOT>", "_<EOT>", "<end_of_utterance>",
+    "<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>", /* DeepSeek */
+    NULL,
 };
 static const char *const tok_eog_texts[] = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
@@ -433,7 +433,7 @@ static const char *const tok_eog_texts[] = {
     "<end_of_utterance>", NULL,
 };
 
-static int tok_find_text(const tok *t, const char *s)
+static int32_t tok_find_text(const tok *t, const char *s)
 {
     int32_t id = tok_strtab_find(&t->str, s, strlen(s));
     return id < t->n_vocab ? id : -1;
@@ -681,16 +681,36 @@ static int tok_load_specials(tok *t, const gguf *g, const tok_pre_family *fam, c
     return TOK_OK;
 }
 
-static bool tok_is_special_attr(uint8_t a)
+static bool tok_has_space_mark(const tok *t, int32_t id)
 {
-    return a == TOK_ATTR_CONTROL || a == TOK_ATTR_USER_DEFINED || a == TOK_ATTR_UNKNOWN;
+    const char *s = tok_strtab_str(&t->str, id);
+    return memmem(s, t->str.len[id], "\xe2\x96\x81", 3) != NULL;
+}
+
+static int tok_classify(tok *t, char err[256])
+{
+    t->cls = calloc((size_t)t->n_vocab, 1);
+    if (!t->cls) {
+        tok_set_err(err, "out of memory for token classes");
+        return TOK_ENOMEM;
+    }
+    bool spm = t->kind == TOK_KIND_SPM;
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        uint8_t a = t->attr[id];
+        if (a == TOK_ATTR_NORMAL || (a == TOK_ATTR_BYTE && !spm) ||
+            (a == TOK_ATTR_USER_DEFINED && spm && tok_has_space_mark(t, id)))
+            t->cls[id] = TOK_CLASS_PLAIN;
+        else if (a == TOK_ATTR_CONTROL || a == TOK_ATTR_UNKNOWN || a == TOK_ATTR_USER_DEFINED)
+            t->cls[id] = TOK_CLASS_SPECIAL;
+    }
+    return TOK_OK;
 }
 
 static int tok_build_special_trie(tok *t, char err[256])
 {
     size_t total = 0;
     for (int32_t id = 0; id < t->n_vocab; id++)
-        if (tok_is_special_attr(t->attr[id]))
+        if (tok_is_special(t, id))
             total += t->str.len[id];
     if (total > (size_t)INT32_MAX / 2) {
         tok_set_err(err, "special tokens hold %zu bytes of text, too many", total);
@@ -704,7 +724,7 @@ static int tok_build_special_trie(tok *t, char err[256])
     t->special_node_tok[0] = -1;
     t->n_special_nodes = 1;
     for (int32_t id = 0; id < t->n_vocab; id++) {
-        if (!tok_is_special_attr(t->attr[id]) || !t->str.len[id])
+        if (!tok_is_special(t, id) || !t->str.len[id])
             continue;
         const unsigned char *s = (const unsigned char *)tok_strtab_str(&t->str, id);
         size_t len = t->str.len[id];
@@ -784,7 +804,7 @@ static int tok_build_pieces(tok *t, char err[256])
         int byte = a == TOK_ATTR_BYTE ? tok_parse_byte_token((const char *)s, len) : -1;
         if (byte >= 0) {
             o[w++] = (char)byte;
-        } else if (tok_is_special_attr(a) || a == TOK_ATTR_UNUSED) {
+        } else if (!tok_is_plain(t, (int32_t)id)) {
             memcpy(o, s, len);
             w = len;
         } else if (t->kind == TOK_KIND_SPM) {
@@ -819,6 +839,27 @@ static int tok_build_pieces(tok *t, char err[256])
     return TOK_OK;
 }
 
+static bool tok_has_inner_space_mark(const tok *t, int32_t id)
+{
+    const unsigned char *s = (const unsigned char *)tok_strtab_str(&t->str, id);
+    size_t n = t->str.len[id];
+    for (size_t j = 1; j + 3 <= n; j++) {
+        if (s[j] != 0xe2 || s[j + 1] != 0x96 || s[j + 2] != 0x81)
+            continue;
+        if (j < 3 || s[j - 3] != 0xe2 || s[j - 2] != 0x96 || s[j - 1] != 0x81)
+            return true;
+    }
+    return false;
+}
+
+static void tok_check_word_split(tok *t)
+{
+    t->spm_word_split = t->kind == TOK_KIND_SPM;
+    for (int32_t id = 0; t->spm_word_split && id < t->n_vocab; id++)
+        if (tok_is_plain(t, id) && tok_has_inner_space_mark(t, id))
+            t->spm_word_split = false;
+}
+
 static void tok_find_byte_tokens(tok *t)
 {
     for (int b = 0; b < 256; b++) {
@@ -831,13 +872,13 @@ static void tok_find_byte_tokens(tok *t)
             if (id < 0) {
                 char c = (char)b;
                 id = tok_strtab_find(&t->str, &c, 1);
-                if (id >= t->n_vocab)
+                if (!tok_is_plain(t, id))
                     id = -1;
             }
             t->byte_tok[b] = id;
         } else {
             int32_t id = t->byte_str[b];
-            t->byte_tok[b] = id < t->n_vocab ? id : -1;
+            t->byte_tok[b] = tok_is_plain(t, id) ? id : -1;
         }
     }
 }
@@ -919,7 +960,10 @@ int tok_open_gguf(tok **out, const gguf *g, char err[256])
 
     if ((rc = tok_load_specials(t, g, fam, err)) != TOK_OK)
         goto fail;
+    if ((rc = tok_classify(t, err)) != TOK_OK)
+        goto fail;
     tok_find_byte_tokens(t);
+    tok_check_word_split(t);
     if ((rc = tok_build_special_trie(t, err)) != TOK_OK)
         goto fail;
     if ((rc = tok_build_pieces(t, err)) != TOK_OK)
@@ -939,6 +983,7 @@ void tok_free(tok *t)
     free(t->score);
     free(t->attr);
     free(t->eog);
+    free(t->cls);
     free(t->piece);
     free(t->piece_off);
     free(t->piece_len);
@@ -1148,7 +1193,7 @@ int tok_decode(const tok *t, const int32_t *ids, size_t n_ids, bool render_speci
         int32_t id = ids[i];
         const char *p = t->piece + t->piece_off[id];
         size_t n = t->piece_len[id];
-        if (tok_is_special_attr(t->attr[id])) {
+        if (tok_is_special(t, id)) {
             if (!tok_hidden(t, id, render_special)) {
                 memcpy(s + w, p, n);
                 w += n;

@@ -122,17 +122,31 @@ static int bpe_try_pair(bpe_word *w, int32_t left, int32_t right)
     return tok_heap_push(&w->heap, g);
 }
 
+/* Spell bytes one token each. Some vocabularies (Falcon's) lack the
+ * characters of bytes that valid UTF-8 never or rarely uses; such a byte
+ * becomes <unk> if there is one, else U+FFFD (what llama.cpp and Hugging Face
+ * turn undecodable input into), so encoding never fails on odd input. */
 static int bpe_emit_bytes(const tok *t, const unsigned char *p, uint32_t n, tok_ids *out,
                           char err[256])
 {
+    static const unsigned char replacement[3] = {0xef, 0xbf, 0xbd};
     for (uint32_t i = 0; i < n; i++) {
         int32_t id = t->byte_tok[p[i]] >= 0 ? t->byte_tok[p[i]] : t->unk;
-        if (id < 0) {
-            tok_set_err(err, "tok_encode: byte 0x%02x has no token in this vocabulary", p[i]);
-            return TOK_EINPUT;
+        if (id >= 0) {
+            if (tok_ids_push(out, id))
+                return TOK_ENOMEM;
+            continue;
         }
-        if (tok_ids_push(out, id))
-            return TOK_ENOMEM;
+        for (int k = 0; k < 3; k++) {
+            id = t->byte_tok[replacement[k]];
+            if (id < 0) {
+                tok_set_err(err, "tok_encode: byte 0x%02x has no token in this vocabulary",
+                            p[i]);
+                return TOK_EINPUT;
+            }
+            if (tok_ids_push(out, id))
+                return TOK_ENOMEM;
+        }
     }
     return TOK_OK;
 }
@@ -177,9 +191,9 @@ static int bpe_encode_word(bpe_word *w, const unsigned char *p, size_t n, tok_id
             return rc;
     }
     for (int32_t i = n ? 0 : -1; i >= 0; i = sym[i].next) {
-        /* A merge may produce a string that is not a token (a rule without
-         * its vocabulary entry): spell its bytes instead. */
-        if (sym[i].str >= 0 && sym[i].str < t->n_vocab)
+        /* A merge may produce a string that is not a plain token (a rule
+         * without its vocabulary entry): spell its bytes instead. */
+        if (tok_is_plain(t, sym[i].str))
             rc = tok_ids_push(out, sym[i].str);
         else
             rc = bpe_emit_bytes(t, p + sym[i].start, sym[i].n, out, err);

@@ -175,6 +175,7 @@ struct tok {
     float *score;
     uint8_t *attr;  /* tok_attr */
     uint8_t *eog;   /* 1 for end-of-generation ids */
+    uint8_t *cls;   /* TOK_CLASS_* bits, from attr and text */
 
     /* What each token stands for in output text, special tokens included. */
     char *piece;
@@ -182,6 +183,11 @@ struct tok {
 
     int32_t bos, eos, eot, eom, unk, pad;
     bool add_bos, add_eos, add_space_prefix;
+
+    /* SentencePiece: no plain token has U+2581 right after another character
+     * (other than U+2581), so no merge can cross the start of a word and each
+     * word may be merged on its own with the same result. */
+    bool spm_word_split;
 
     /* The token that spells raw byte b on its own: SentencePiece <0xXX>, or
      * byte-level BPE's character for b; -1 if the vocabulary lacks it. */
@@ -204,17 +210,28 @@ struct tok {
     char pre_name[64];
 };
 
-/* A token ordinary text may be spelled with (merges, whole-word lookups):
- * never control, unknown or unused tokens, and for SentencePiece never the
- * <0xXX> byte tokens, which only byte fallback emits. */
+/* How a token takes part in encoding, decided once at load:
+ *  - PLAIN: ordinary text may be spelled with it (merges, whole-word lookups,
+ *    byte spelling), and it decodes through the model's text mapping. Normal
+ *    tokens; for byte-level BPE also byte tokens; for SentencePiece also
+ *    user-defined tokens written with U+2581, which raw input never contains.
+ *  - SPECIAL: cut out of the input before tokenizing (control and unknown
+ *    tokens only with TOK_PARSE_SPECIAL) and decoded as their raw text. Never
+ *    produced from other text, or decoding would not give that text back
+ *    (DeepSeek-Coder types the byte-level characters of 0xF5..0xFF as
+ *    user-defined "õ" .. "ÿ").
+ * Unused tokens and SentencePiece's <0xXX> tokens (which only byte fallback
+ * emits) are neither. */
+enum { TOK_CLASS_PLAIN = 1, TOK_CLASS_SPECIAL = 2 };
+
 static inline bool tok_is_plain(const tok *t, int32_t id)
 {
-    if (id < 0 || id >= t->n_vocab)
-        return false;
-    uint8_t a = t->attr[id];
-    if (a == TOK_ATTR_CONTROL || a == TOK_ATTR_UNKNOWN || a == TOK_ATTR_UNUSED)
-        return false;
-    return !(t->kind == TOK_KIND_SPM && a == TOK_ATTR_BYTE);
+    return id >= 0 && id < t->n_vocab && (t->cls[id] & TOK_CLASS_PLAIN);
+}
+
+static inline bool tok_is_special(const tok *t, int32_t id)
+{
+    return id >= 0 && id < t->n_vocab && (t->cls[id] & TOK_CLASS_SPECIAL);
 }
 
 /* UTF-8 length of the well-formed character at p[0..n), or 1 for a byte that

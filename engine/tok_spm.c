@@ -15,7 +15,10 @@
  * empty: byte fallback is all that re-segmentation can do to them.
  *
  * Candidate pairs sit in a binary heap keyed by -score; a popped pair whose
- * symbols changed since it was pushed is stale and dropped. O(n log n).
+ * symbols changed since it was pushed is stale and dropped. When the
+ * vocabulary allows it (tok.spm_word_split), the text is cut before every
+ * word-initial U+2581 and each word is merged alone: no merge can cross such
+ * a cut, so the result is the same and the heap stays small.
  */
 #include "tok_impl.h"
 
@@ -77,6 +80,50 @@ static int spm_emit(spm_run *r, const spm_sym *s, tok_ids *out, char err[256])
     return TOK_EINPUT;
 }
 
+/* Merge and emit the escaped bytes [from, to). */
+static int spm_encode_chunk(spm_run *r, size_t from, size_t to, tok_ids *out, char err[256])
+{
+    spm_sym *sym = r->sym;
+    int32_t n = 0;
+    for (size_t at = from; at < to;) {
+        size_t l = tok_utf8_len((const unsigned char *)r->text + at, to - at);
+        sym[n] = (spm_sym){.prev = n - 1, .next = at + l < to ? n + 1 : -1,
+                           .start = (uint32_t)at, .n = (uint32_t)l};
+        n++;
+        at += l;
+    }
+    r->heap.n = 0;
+    int rc;
+    for (int32_t i = 1; i < n; i++)
+        if ((rc = spm_try_pair(r, i - 1, i)) != TOK_OK)
+            return rc;
+
+    while (r->heap.n) {
+        tok_bigram b = tok_heap_pop(&r->heap);
+        spm_sym *l = &sym[b.left], *rt = &sym[b.right];
+        if (l->n == 0 || rt->n == 0 || (int64_t)l->n + rt->n != b.x)
+            continue;
+        l->n += rt->n;
+        rt->n = 0;
+        l->next = rt->next;
+        if (rt->next >= 0)
+            sym[rt->next].prev = b.left;
+        if ((rc = spm_try_pair(r, l->prev, b.left)) != TOK_OK ||
+            (rc = spm_try_pair(r, b.left, l->next)) != TOK_OK)
+            return rc;
+    }
+    for (int32_t i = n ? 0 : -1; i >= 0; i = sym[i].next)
+        if ((rc = spm_emit(r, &sym[i], out, err)) != TOK_OK)
+            return rc;
+    return TOK_OK;
+}
+
+static bool spm_is_mark(const char *p)
+{
+    return (unsigned char)p[0] == 0xe2 && (unsigned char)p[1] == 0x96 &&
+           (unsigned char)p[2] == 0x81;
+}
+
 int tok_spm_encode(const tok *t, const char *text, size_t len, bool after_special,
                    tok_ids *out, char err[256])
 {
@@ -107,36 +154,21 @@ int tok_spm_encode(const tok *t, const char *text, size_t len, bool after_specia
         }
     }
 
-    int32_t n = 0;
-    for (size_t at = 0; at < w;) {
-        size_t l = tok_utf8_len((const unsigned char *)buf + at, w - at);
-        sym[n] = (spm_sym){.prev = n - 1, .next = at + l < w ? n + 1 : -1,
-                           .start = (uint32_t)at, .n = (uint32_t)l};
-        n++;
-        at += l;
+    if (!t->spm_word_split) {
+        rc = spm_encode_chunk(&r, 0, w, out, err);
+        goto done;
     }
-    for (int32_t i = 1; i < n; i++)
-        if ((rc = spm_try_pair(&r, i - 1, i)) != TOK_OK)
-            goto done;
-
-    while (r.heap.n) {
-        tok_bigram b = tok_heap_pop(&r.heap);
-        spm_sym *l = &sym[b.left], *rt = &sym[b.right];
-        if (l->n == 0 || rt->n == 0 || (int64_t)l->n + rt->n != b.x)
-            continue;
-        l->n += rt->n;
-        rt->n = 0;
-        l->next = rt->next;
-        if (rt->next >= 0)
-            sym[rt->next].prev = b.left;
-        if ((rc = spm_try_pair(&r, l->prev, b.left)) != TOK_OK ||
-            (rc = spm_try_pair(&r, b.left, l->next)) != TOK_OK)
-            goto done;
-    }
-
+    size_t from = 0;
     rc = TOK_OK;
-    for (int32_t i = n ? 0 : -1; i >= 0 && rc == TOK_OK; i = sym[i].next)
-        rc = spm_emit(&r, &sym[i], out, err);
+    for (size_t p = 1; p + 3 <= w && rc == TOK_OK; p++) {
+        if (spm_is_mark(buf + p) && !(p >= 3 && spm_is_mark(buf + p - 3))) {
+            rc = spm_encode_chunk(&r, from, p, out, err);
+            from = p;
+            p += 2;
+        }
+    }
+    if (rc == TOK_OK && from < w)
+        rc = spm_encode_chunk(&r, from, w, out, err);
 done:
     if (rc == TOK_ENOMEM)
         tok_set_err(err, "tok_encode: out of memory");

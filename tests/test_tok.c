@@ -415,6 +415,40 @@ static void spm_leading_space_prefix_and_escape(void **state)
     unload(&l);
 }
 
+static void spm_word_split_gives_the_same_ids_as_merging_whole_runs(void **state)
+{
+    (void)state;
+    loaded l = load_vocab("llama-spm");
+    assert_true(l.t->spm_word_split);
+    vectors v;
+    load_vectors("llama-spm", &v);
+    /* Every vector input, plus a long mixed run. */
+    char mixed[4096];
+    size_t w = 0;
+    for (size_t i = 0; i < v.n && w + v.text_len[i] + 2 < sizeof mixed; i++) {
+        memcpy(mixed + w, v.text[i], v.text_len[i]);
+        w += v.text_len[i];
+        mixed[w++] = ' ';
+    }
+    for (size_t i = 0; i <= v.n; i++) {
+        const char *s = i < v.n ? v.text[i] : mixed;
+        size_t len = i < v.n ? v.text_len[i] : w;
+        int32_t *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        char err[256];
+        l.t->spm_word_split = true;
+        assert_int_equal(tok_encode(l.t, s, len, 0, &a, &na, err), 0);
+        l.t->spm_word_split = false;
+        assert_int_equal(tok_encode(l.t, s, len, 0, &b, &nb, err), 0);
+        assert_int_equal(na, nb);
+        assert_memory_equal(a, b, na * sizeof *a);
+        free(a);
+        free(b);
+    }
+    free_vectors(&v);
+    unload(&l);
+}
+
 /* ---- special tokens ------------------------------------------------------- */
 
 static void control_tokens_are_parsed_only_with_parse_special(void **state)
@@ -499,24 +533,72 @@ static void add_bos_prepends_bos_and_decode_drops_it(void **state)
 
 /* ---- byte-level BPE details ----------------------------------------------- */
 
-static void bpe_invalid_utf8_round_trips_byte_for_byte(void **state)
+static void bpe_invalid_utf8_round_trips_where_the_vocab_can_spell_it(void **state)
 {
     (void)state;
     const char *names[] = {"gpt-2", "falcon", "deepseek-coder"};
-    const char s[] = "ok \xff\xfe x\xc3 \xe2\x82 caf\xc3\xa9 \xed\xa0\x80!";
+    const char s[] = "ok \xff\xfe x\xc3 \xe2\x82 caf\xc3\xa9 \xed\xa0\x80!\x03";
+    /* Falcon has no token for 0xff, 0xfe or 0x03, DeepSeek-Coder only
+     * user-defined ones for 0xff and 0xfe: those bytes become U+FFFD. */
+    const char falcon[] = "ok \xef\xbf\xbd\xef\xbf\xbd x\xc3 \xe2\x82 caf\xc3\xa9 "
+                          "\xed\xa0\x80!\xef\xbf\xbd";
+    const char deepseek[] = "ok \xef\xbf\xbd\xef\xbf\xbd x\xc3 \xe2\x82 caf\xc3\xa9 "
+                            "\xed\xa0\x80!\x03";
+    const char *want_text[] = {s, falcon, deepseek};
+    size_t want_lens[] = {sizeof s - 1, sizeof falcon - 1, sizeof deepseek - 1};
     for (size_t k = 0; k < 3; k++) {
         loaded l = load_vocab(names[k]);
+        const char *want = want_text[k];
+        size_t want_len = want_lens[k];
         int32_t *ids = NULL;
         size_t n = 0;
         char *text = NULL;
         size_t len = 0;
         char err[256];
-        assert_int_equal(tok_encode(l.t, s, sizeof s - 1, 0, &ids, &n, err), 0);
+        if (tok_encode(l.t, s, sizeof s - 1, 0, &ids, &n, err))
+            fail_msg("%s: %s", names[k], err);
         assert_int_equal(tok_decode(l.t, ids, n, false, &text, &len, err), 0);
-        assert_int_equal(len, sizeof s - 1);
-        assert_memory_equal(text, s, len);
+        assert_int_equal(len, want_len);
+        assert_memory_equal(text, want, len);
         free(ids);
         free(text);
+        unload(&l);
+    }
+}
+
+static void random_bytes_round_trip_exactly(void **state)
+{
+    (void)state;
+    /* GPT-2 and LLaMA's SentencePiece can spell every byte; mostly-ASCII
+     * noise with stray high bytes must come back unchanged. */
+    const char *names[] = {"gpt-2", "llama-spm"};
+    uint64_t seed = 0x243f6a8885a308d3ULL;
+    for (int k = 0; k < 2; k++) {
+        loaded l = load_vocab(names[k]);
+        for (int round = 0; round < 40; round++) {
+            char s[600];
+            size_t n = (size_t)(round * 15);
+            for (size_t i = 0; i < n; i++) {
+                seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+                unsigned r = (unsigned)(seed >> 33);
+                s[i] = r % 4 == 0 ? (char)(r >> 8) : " aeiou\n\tbcd.,'<>|"[(r >> 8) % 17];
+            }
+            /* A literal U+2581 reads back as a space in SentencePiece. */
+            if (memmem(s, n, "\342\226\201", 3))
+                continue;
+            int32_t *ids = NULL;
+            size_t n_ids = 0;
+            char *text = NULL;
+            size_t len = 0;
+            char err[256];
+            if (tok_encode(l.t, s, n, 0, &ids, &n_ids, err))
+                fail_msg("%s round %d: %s", names[k], round, err);
+            assert_int_equal(tok_decode(l.t, ids, n_ids, false, &text, &len, err), 0);
+            assert_int_equal(len, n);
+            assert_memory_equal(text, s, n);
+            free(ids);
+            free(text);
+        }
         unload(&l);
     }
 }
@@ -593,12 +675,17 @@ static void every_pre_tokenizer_compiles_and_tiles_its_input(void **state)
     const char *s = "Hello, y'all! How're you \xf0\x9f\x98\x81 ?\xe6\x88\x91\xe6\x83\xb3 "
                     "12345 3.14\n\n\t  \xd0\xbf\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 "
                     "\xea\xb0\x80 \xe3\x81\x82 \xff bad\xc3";
+    uint32_t have_jit = 0;
+    pcre2_config(PCRE2_CONFIG_JIT, &have_jit);
     for (size_t i = 0; i < n_fam; i++) {
         tok_pre p;
         char err[256] = "";
         int rc = tok_pre_compile(&p, &fam[i], err);
         if (rc)
             fail_msg("family %s: %s", fam[i].names[0], err);
+        /* Where PCRE2 has a JIT, every pattern is compiled with it. */
+        for (int r = 0; r < p.n; r++)
+            assert_true(p.jit[r] || !have_jit);
         const char *pieces[256];
         char store[1024];
         size_t n = split(&p, s, pieces, 256, store, sizeof store);
@@ -832,7 +919,7 @@ static void llama3_ignore_merges_keeps_whole_vocab_words(void **state)
             /* No rule makes "abc": merges give "ab" + "c". */
             assert_int_equal(n, 2);
             assert_int_equal(ids[0], ab);
-            assert_int_equal(ids[1], 'c' - '!');
+            assert_int_equal(ids[1], 'c');
         } else {
             assert_int_equal(n, 1);
             assert_int_equal(ids[0], abc);
@@ -935,6 +1022,48 @@ static void lenient_where_llama_cpp_is_lenient(void **state)
     size_t n = encode(t, "ab", 0, ids, 8);
     assert_int_equal(n, 1);
     assert_int_equal(ids[0], 256);
+    tok_free(t);
+    vb_free(&b);
+}
+
+static void spm_user_defined_tokens_split_or_merge_by_their_text(void **state)
+{
+    (void)state;
+    /* "▁▁" (user-defined, written with U+2581) can only come from merging;
+     * "<tab>" (user-defined, plain text) is cut out of the input. */
+    vocab_builder b = {0};
+    /* Octal escapes: U+2581 is \342\226\201. */
+    const char *toks[] = {"<unk>", "<s>", "</s>", "\342\226\201", "a", "\342\226\201a",
+                          "\342\226\201\342\226\201", "<tab>"};
+    float scores[] = {0, 0, 0, -5, -4, -1, 0, 0};
+    int32_t types[] = {2, 3, 3, 1, 1, 1, 4, 4};
+    for (size_t i = 0; i < 8; i++)
+        vb_token(&b, toks[i]);
+    tmpdir d;
+    tmpdir_make(&d);
+    gguf_writer *w = vb_writer(&b, "llama", NULL);
+    assert_int_equal(gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, 8, scores),
+                     0);
+    assert_int_equal(gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, 8, types),
+                     0);
+    tok *t;
+    char err[256] = "";
+    int rc = open_written(w, &d, &t, err);
+    tmpdir_remove(&d);
+    if (rc)
+        fail_msg("%s", err);
+    int32_t ids[16];
+    size_t n = encode(t, "a  a<tab>a", 0, ids, 16);
+    /* "▁a▁▁a" -> ▁a ▁▁ a, then <tab>, then "▁a" for the run after it. */
+    int32_t want[] = {5, 6, 4, 7, 5};
+    assert_int_equal(n, 5);
+    assert_memory_equal(ids, want, sizeof want);
+    char *text = decode(t, ids, n, false);
+    assert_string_equal(text, "a  a<tab>a");
+    free(text);
+    char piece[8];
+    assert_int_equal(tok_piece(t, 6, false, piece, sizeof piece), 2);
+    assert_memory_equal(piece, "  ", 2);
     tok_free(t);
     vb_free(&b);
 }
@@ -1068,7 +1197,7 @@ static void a_150k_vocabulary_loads_quickly(void **state)
             vb_push(&b.merges, &b.n_merges, &b.cap_merges, NULL, m, k);
         }
     for (int i = 0; b.n < 150000; i++) {
-        int x = i / 256 % 256, y = i % 256, z = (i * 31) % 256;
+        int x = (i % 65536) / 256, y = i % 256, z = i / 65536;
         size_t n = 0, k = 0;
         memcpy(s + n, u[x], ul[x]), n += ul[x];
         memcpy(s + n, u[y], ul[y]), n += ul[y];
@@ -1076,8 +1205,6 @@ static void a_150k_vocabulary_loads_quickly(void **state)
         m[k++] = ' ';
         memcpy(s + n, u[z], ul[z]), n += ul[z];
         memcpy(m + k, u[z], ul[z]), k += ul[z];
-        if (i >= 65536)
-            break;
         vb_push(&b.tokens, &b.n, &b.cap, &b.owned, s, n);
         vb_push(&b.merges, &b.n_merges, &b.cap_merges, NULL, m, k);
     }
@@ -1123,10 +1250,12 @@ int main(void)
         cmocka_unit_test(stories260k_encodes_once_upon_a_time_after_bos),
         cmocka_unit_test(spm_uses_byte_fallback_for_characters_outside_the_vocab),
         cmocka_unit_test(spm_leading_space_prefix_and_escape),
+        cmocka_unit_test(spm_word_split_gives_the_same_ids_as_merging_whole_runs),
         cmocka_unit_test(control_tokens_are_parsed_only_with_parse_special),
         cmocka_unit_test(user_defined_tokens_are_always_split_out),
         cmocka_unit_test(add_bos_prepends_bos_and_decode_drops_it),
-        cmocka_unit_test(bpe_invalid_utf8_round_trips_byte_for_byte),
+        cmocka_unit_test(bpe_invalid_utf8_round_trips_where_the_vocab_can_spell_it),
+        cmocka_unit_test(random_bytes_round_trip_exactly),
         cmocka_unit_test(decode_rejects_ids_outside_the_vocab),
         cmocka_unit_test(empty_input_gives_no_tokens),
         cmocka_unit_test(every_pre_tokenizer_compiles_and_tiles_its_input),
@@ -1134,6 +1263,7 @@ int main(void)
         cmocka_unit_test(llama3_ignore_merges_keeps_whole_vocab_words),
         cmocka_unit_test(malformed_metadata_is_a_clean_error),
         cmocka_unit_test(lenient_where_llama_cpp_is_lenient),
+        cmocka_unit_test(spm_user_defined_tokens_split_or_merge_by_their_text),
         cmocka_unit_test(one_tok_encodes_from_several_threads),
         cmocka_unit_test(long_inputs_encode_and_round_trip),
         cmocka_unit_test(a_150k_vocabulary_loads_quickly),
