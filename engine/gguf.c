@@ -257,6 +257,9 @@ static bool read_array(cursor *c, gguf_value *v, int depth, const char *key)
     v->v.arr.data = data;
     for (uint64_t i = 0; i < n; i++) {
         bool ok;
+        /* Count the slot before filling it: a half-read nested array in it
+         * must be freed too (the slot is zeroed, so freeing it is safe). */
+        v->v.arr.n = i + 1;
         if (elem == GGUF_TYPE_STRING) {
             snprintf(what, sizeof what, "string %llu of array '%s'", (unsigned long long)i, key);
             ok = read_str(c, &((gguf_str *)data)[i], what);
@@ -264,8 +267,7 @@ static bool read_array(cursor *c, gguf_value *v, int depth, const char *key)
             ok = read_value(c, GGUF_TYPE_ARRAY, &((gguf_value *)data)[i], depth + 1, key);
         }
         if (!ok)
-            return false; /* the caller frees the first i elements */
-        v->v.arr.n = i + 1;
+            return false; /* the caller frees what was read */
     }
     return true;
 oom:
@@ -314,6 +316,49 @@ void gguf_close(gguf *g)
     free(g);
 }
 
+static int cmp_str_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first name that occurs twice among n, or NULL. Sorting keeps this
+ * O(n log n): a hostile file may hold hundreds of thousands of names. */
+static const char *find_duplicate(const char **names, size_t n)
+{
+    qsort(names, n, sizeof *names, cmp_str_ptr);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            return names[i];
+    return NULL;
+}
+
+static int check_unique_names(gguf *g, char *err)
+{
+    size_t n = g->n_kv > g->n_tensors ? g->n_kv : g->n_tensors;
+    const char **names = malloc((n ? n : 1) * sizeof *names);
+    if (!names) {
+        set_err(err, "%s: out of memory", g->path);
+        return GGUF_ENOMEM;
+    }
+    for (size_t i = 0; i < g->n_kv; i++)
+        names[i] = g->kv[i].key;
+    const char *dup = find_duplicate(names, g->n_kv);
+    if (dup) {
+        set_err(err, "%s: key '%s' appears twice", g->path, dup);
+        free(names);
+        return GGUF_EFORMAT;
+    }
+    for (size_t i = 0; i < g->n_tensors; i++)
+        names[i] = g->tensors[i].name;
+    dup = find_duplicate(names, g->n_tensors);
+    free(names);
+    if (dup) {
+        set_err(err, "%s: tensor '%s' appears twice", g->path, dup);
+        return GGUF_EFORMAT;
+    }
+    return GGUF_OK;
+}
+
 static int cmp_tensor_offset(const void *a, const void *b)
 {
     const gguf_tensor *x = *(const gguf_tensor *const *)a, *y = *(const gguf_tensor *const *)b;
@@ -333,13 +378,6 @@ static int parse_tensor_info(gguf *g, cursor *c, size_t i)
     if (name.len == 0 || strlen(name.ptr) != name.len) {
         set_err(c->err, "%s: tensor %zu: name is empty or contains a NUL byte", c->name, i);
         return GGUF_EFORMAT;
-    }
-    for (size_t j = 0; j < i; j++) {
-        if (strcmp(g->tensors[j].name, t->name) == 0) {
-            set_err(c->err, "%s: tensor '%s' appears twice (entries %zu and %zu)", c->name,
-                    t->name, j, i);
-            return GGUF_EFORMAT;
-        }
     }
     snprintf(what, sizeof what, "n_dims of tensor '%.60s'", t->name);
     if (!read_u32(c, &t->n_dims, what))
@@ -453,12 +491,6 @@ static int parse(gguf *g, char *err)
                     (unsigned long long)i);
             return GGUF_EFORMAT;
         }
-        for (uint64_t j = 0; j < i; j++) {
-            if (strcmp(g->kv[j].key, kv->key) == 0) {
-                set_err(err, "%s: key '%s' appears twice", g->path, kv->key);
-                return GGUF_EFORMAT;
-            }
-        }
         uint32_t type;
         char what2[160];
         snprintf(what2, sizeof what2, "the type of key '%.100s'", kv->key);
@@ -478,8 +510,10 @@ static int parse(gguf *g, char *err)
         }
         uint64_t a = al->v.u64;
         if (a == 0 || (a & (a - 1)) != 0 || a > GGUF_MAX_ALIGNMENT) {
-            set_err(err, "%s: general.alignment %llu is not a power of two in 1..%u", g->path,
-                    (unsigned long long)a, GGUF_MAX_ALIGNMENT);
+            set_err(err, "%s: general.alignment %llu is not %s (1..%u)", g->path,
+                    (unsigned long long)a,
+                    a && !(a & (a - 1)) ? "at most the largest supported alignment" : "a power of two",
+                    GGUF_MAX_ALIGNMENT);
             return GGUF_EFORMAT;
         }
         g->alignment = (uint32_t)a;
@@ -490,6 +524,9 @@ static int parse(gguf *g, char *err)
         if (rc)
             return rc;
     }
+    int urc = check_unique_names(g, err);
+    if (urc)
+        return urc;
 
     /* GGUF: tensor data starts at the next multiple of the alignment. */
     uint64_t pad = (g->alignment - c.pos % g->alignment) % g->alignment;
@@ -525,8 +562,9 @@ static int parse(gguf *g, char *err)
                         (unsigned long long)t->size_bytes,
                         (unsigned long long)order[i + 1]->offset);
                 rc = GGUF_EFORMAT;
+            } else {
+                t->data = g->base + g->data_offset + t->offset;
             }
-            t->data = g->base + g->data_offset + t->offset;
         }
         free(order);
         if (rc)
@@ -1008,6 +1046,11 @@ int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t n_dims,
     for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++)
         t->ne[d] = d < n_dims ? ne[d] : 1;
     t->type = type;
+    if (rows > UINT64_MAX / row) {
+        free(t->name);
+        set_err(err, "tensor '%s': size overflows 64 bits", name);
+        return GGUF_EUSAGE;
+    }
     t->size_bytes = rows * row;
     return (int)w->n_tensors++;
 }
