@@ -71,19 +71,56 @@ typedef struct membw {
     uint64_t sink[64]; /* per thread, so the reads cannot be optimised away */
 } membw;
 
+/* The read loop: the widest loads this CPU has, four independent
+ * accumulators, and a software prefetch ahead (on the virtual machines we
+ * measured, the hardware prefetcher alone leaves bandwidth unused; the
+ * weight kernels prefetch the same way, so both sides of the ratio read
+ * memory alike). */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MEMBW_PREFETCH 1024
+
+__attribute__((target("avx2"))) static uint64_t membw_sum_avx2(const uint64_t *p, long lines)
+{
+    __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+    const char *q = (const char *)p;
+    for (long i = 0; i < lines; i += 2, q += 128) {
+        _mm_prefetch(q + MEMBW_PREFETCH, _MM_HINT_T0);
+        a = _mm256_add_epi64(a, _mm256_load_si256((const __m256i *)q));
+        b = _mm256_add_epi64(b, _mm256_load_si256((const __m256i *)(q + 32)));
+        c = _mm256_add_epi64(c, _mm256_load_si256((const __m256i *)(q + 64)));
+        d = _mm256_add_epi64(d, _mm256_load_si256((const __m256i *)(q + 96)));
+    }
+    a = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
+    return (uint64_t)_mm256_extract_epi64(a, 0) ^ (uint64_t)_mm256_extract_epi64(a, 3);
+}
+#endif
+
+static uint64_t membw_sum_plain(const uint64_t *p, long lines)
+{
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+    for (long i = 0; i < lines; i++, p += 8) {
+        a0 += p[0]; a1 += p[1]; a2 += p[2]; a3 += p[3];
+        a4 += p[4]; a5 += p[5]; a6 += p[6]; a7 += p[7];
+    }
+    return a0 ^ a1 ^ a2 ^ a3 ^ a4 ^ a5 ^ a6 ^ a7;
+}
+
 static void membw_read(void *arg, int ith, int nth)
 {
     membw *mb = arg;
     long b, e;
-    /* 64-byte lines per thread, contiguous slices */
-    pool_range((long)(mb->n_words / 8), ith, nth, &b, &e);
-    const uint64_t *p = mb->buf + (size_t)b * 8;
-    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-    for (long i = b; i < e; i++, p += 8) {
-        a0 += p[0]; a1 += p[1]; a2 += p[2]; a3 += p[3];
-        a4 += p[4]; a5 += p[5]; a6 += p[6]; a7 += p[7];
-    }
-    mb->sink[ith % 64] += a0 ^ a1 ^ a2 ^ a3 ^ a4 ^ a5 ^ a6 ^ a7;
+    /* pairs of 64-byte lines per thread, contiguous slices */
+    pool_range((long)(mb->n_words / 16), ith, nth, &b, &e);
+    const uint64_t *p = mb->buf + (size_t)b * 16;
+    uint64_t v;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2"))
+        v = membw_sum_avx2(p, 2 * (e - b));
+    else
+#endif
+        v = membw_sum_plain(p, 2 * (e - b));
+    mb->sink[ith % 64] += v;
 }
 
 static size_t membw_default_bytes(void)
@@ -100,7 +137,7 @@ static size_t membw_default_bytes(void)
 static int membw_init(membw *mb, size_t bytes)
 {
     memset(mb, 0, sizeof *mb);
-    mb->n_words = bytes / sizeof(uint64_t) / 8 * 8;
+    mb->n_words = bytes / sizeof(uint64_t) / 16 * 16;
     if (posix_memalign((void **)&mb->buf, 4096, mb->n_words * sizeof(uint64_t)) != 0)
         return -1;
     for (size_t i = 0; i < mb->n_words; i++) /* touch every page: no faults in the timing */
@@ -113,7 +150,7 @@ static int membw_init(membw *mb, size_t bytes)
 static double membw_measure(membw *mb, pool *p)
 {
     double best = 0.0;
-    for (int pass = 0; pass < 3; pass++) {
+    for (int pass = 0; pass < 4; pass++) {
         double t0 = cli_now();
         pool_run(p, membw_read, mb);
         double dt = cli_now() - t0;
