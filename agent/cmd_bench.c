@@ -42,6 +42,7 @@ static const char usage_text[] =
     "      --membw          measure memory read bandwidth only\n"
     "      --membw-mib N    size of the bandwidth buffer (default: 4x the last-level\n"
     "                       cache, at least 1024 MiB)\n"
+    "      --ctk TYPE       KV cache type for K and V: f16 (default) or q8_0\n"
     "      --json           print one JSON object instead of the table: model, type,\n"
     "                       threads, pp_tokens, pp_tok_s, tg_tokens, tg_tok_s, eff_gbs,\n"
     "                       membw_gbs, membw_share, peak_rss_mb\n"
@@ -49,7 +50,7 @@ static const char usage_text[] =
     "\n"
     "GB/s are 10^9 bytes per second. Exit status: 0 ok, 1 runtime failure, 2 usage error.\n";
 
-enum { OPT_MEMBW = 256, OPT_MEMBW_MIB, OPT_JSON };
+enum { OPT_MEMBW = 256, OPT_MEMBW_MIB, OPT_JSON, OPT_CTK };
 static const struct option long_opts[] = {
     {"model", required_argument, NULL, 'm'},
     {"n-prompt", required_argument, NULL, 'p'},
@@ -59,6 +60,7 @@ static const struct option long_opts[] = {
     {"membw", no_argument, NULL, OPT_MEMBW},
     {"membw-mib", required_argument, NULL, OPT_MEMBW_MIB},
     {"json", no_argument, NULL, OPT_JSON},
+    {"ctk", required_argument, NULL, OPT_CTK},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -199,6 +201,7 @@ int cmd_bench(int argc, char **argv)
     const char *cmd = "bench", *model_path = NULL;
     long n_prompt = 128, n_gen = 64, n_threads = 0, reps = 3, membw_mib = 0;
     bool only_membw = false, json = false;
+    qt_type kv_type = QT_F16;
     int c;
     optind = 1;
     opterr = 0;
@@ -212,6 +215,15 @@ int cmd_bench(int argc, char **argv)
         case OPT_MEMBW: only_membw = true; break;
         case OPT_MEMBW_MIB: if (!cli_parse_long(cmd, "--membw-mib", optarg, 1, 1 << 20, &membw_mib)) return CLI_USAGE; break;
         case OPT_JSON: json = true; break;
+        case OPT_CTK: {
+            int t = qt_type_from_name(optarg);
+            if (t != QT_F16 && t != QT_Q8_0) {
+                cli_error(cmd, "--ctk: KV cache type '%s' is not supported (f16, q8_0)", optarg);
+                return CLI_USAGE;
+            }
+            kv_type = (qt_type)t;
+            break;
+        }
         case 'h': fputs(usage_text, stdout); return CLI_OK;
         default: return cli_bad_option(cmd, argv, c);
         }
@@ -273,6 +285,7 @@ int cmd_bench(int argc, char **argv)
     cp.n_ctx = (int32_t)(longest + 1);
     cp.n_batch = (int32_t)(n_prompt > 0 ? n_prompt : 1);
     cp.n_threads = (int32_t)n_threads;
+    cp.kv_type = kv_type;
     if (eng_ctx_new(&ctx, m, &cp, err)) {
         cli_error(cmd, "%s", err);
         goto done;
@@ -341,9 +354,10 @@ int cmd_bench(int argc, char **argv)
         printf("\", \"type\": \"%s\", \"threads\": %d, \"pp_tokens\": %ld, \"pp_tok_s\": %.3f, "
                "\"tg_tokens\": %ld, \"tg_tok_s\": %.3f, \"eff_gbs\": %.3f, \"membw_gbs\": %.3f, "
                "\"membw_share\": %.4f, \"peak_rss_mb\": %.1f, \"decode_bytes\": %.0f, "
-               "\"kv_bytes_per_token\": %llu}\n",
+               "\"kv_type\": \"%s\", \"kv_bytes_per_token\": %llu}\n",
                type, nth, n_prompt, pp_tok_s, n_gen, tg_tok_s, eff_gbs, membw_gbs, share,
-               peak_rss_mb(mb.n_words * sizeof(uint64_t)), step_bytes, (unsigned long long)eng_kv_bytes_per_pos(ctx));
+               peak_rss_mb(mb.n_words * sizeof(uint64_t)), step_bytes, qt_type_name(kv_type),
+               (unsigned long long)eng_kv_bytes_per_pos(ctx));
     } else {
         printf("model        %s (%s, %s, %d layers, n_embd %d)\n", base, type, hp->arch_name,
                hp->n_layer, hp->n_embd);
@@ -358,7 +372,7 @@ int cmd_bench(int argc, char **argv)
             printf("bandwidth    %.2f GB/s effective, %.2f GB/s measured read: %.1f%%\n",
                    eff_gbs, membw_gbs, 100.0 * share);
         }
-        printf("KV cache     %llu bytes per token\n",
+        printf("KV cache     %s, %llu bytes per token\n", qt_type_name(kv_type),
                (unsigned long long)eng_kv_bytes_per_pos(ctx));
         printf("peak RSS     %.1f MiB (model and context; the bandwidth buffer excluded)\n", peak_rss_mb(mb.n_words * sizeof(uint64_t)));
     }

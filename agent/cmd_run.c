@@ -39,8 +39,8 @@ static const char usage_text[] =
     "      --repeat-penalty R  penalise repeats of the last 64 tokens; 1 is off (default 1)\n"
     "      --repeat-last-n N   how many tokens the penalty looks back (default 64)\n"
     "      --seed S            sampling seed (default: random)\n"
-    "      --ctk TYPE          KV cache type: f16 (default)\n"
-    "      --ctv TYPE          accepted for symmetry with --ctk; must match it\n"
+    "      --ctk TYPE          KV cache type: f16 (default) or q8_0 (half the memory)\n"
+    "      --ctv TYPE          the same for V; must match --ctk\n"
     "      --echo              print the prompt before the continuation\n"
     "      --context-shift     when the context fills, drop old tokens and go on\n"
     "                          (default: stop with a message)\n"
@@ -126,8 +126,8 @@ int cmd_run(int argc, char **argv)
         case OPT_CTK:
         case OPT_CTV: {
             int t = qt_type_from_name(optarg);
-            if (t != QT_F16) {
-                cli_error(cmd, "%s: KV cache type '%s' is not supported (f16)",
+            if (t != QT_F16 && t != QT_Q8_0) {
+                cli_error(cmd, "%s: KV cache type '%s' is not supported (f16, q8_0)",
                           c == OPT_CTK ? "--ctk" : "--ctv", optarg);
                 return CLI_USAGE;
             }

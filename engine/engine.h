@@ -67,7 +67,7 @@ typedef struct eng_ctx_params {
     int32_t n_ctx;     /* positions in the KV cache; <= 0: the training context */
     int32_t n_threads; /* <= 0: online cores */
     int32_t n_batch;   /* tokens per forward pass; <= 0: 512 */
-    qt_type kv_type;   /* QT_F16 (default when 0 is given as QT_F32) */
+    qt_type kv_type;   /* QT_F16 (default; QT_F32 is taken as F16) or QT_Q8_0 */
 } eng_ctx_params;
 
 eng_ctx_params eng_ctx_params_default(void);

@@ -11,10 +11,7 @@
  * causal mask: token i of the batch sees cache positions 0 .. n_past + i.
  * K and V rows of the batch are written into the cache before attention, so
  * the batch attends to itself through the cache.
- *
- * Attention work is split across threads by (token, head) pair; every score
- * and output row is computed by one thread, so the result does not depend on
- * the thread count.
+ * Attention itself lives in attention.c, the matmuls in matmul.c.
  */
 #include <math.h>
 #include <stdio.h>
@@ -81,7 +78,8 @@ int eng_ctx_new(eng_ctx **out, const eng_model *m, const eng_ctx_params *p, char
         return ENG_EUSAGE;
     }
     const size_t kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
-    rc = kv_init(&c->kv, prm.kv_type, hp->n_layer, prm.n_ctx, (int32_t)kv_dim, err);
+    rc = kv_init(&c->kv, prm.kv_type, hp->n_layer, prm.n_ctx, (int32_t)kv_dim, hp->head_dim,
+                 err);
     if (rc) {
         eng_ctx_free(c);
         return rc;
@@ -96,10 +94,8 @@ int eng_ctx_new(eng_ctx **out, const eng_model *m, const eng_ctx_params *p, char
     c->ffn_g = malloc(nb * (size_t)hp->n_ff * sizeof(float));
     c->ffn_u = malloc(nb * (size_t)hp->n_ff * sizeof(float));
     c->pos = malloc(nb * sizeof(int32_t));
-    /* per thread: scores over the context, the query as F16, V row as F32 */
-    c->att_scratch_per_thread = (size_t)prm.n_ctx + 2 * (size_t)hp->head_dim + 16;
-    c->att_scratch = malloc((size_t)pool_threads(c->pool) * c->att_scratch_per_thread *
-                            sizeof(float));
+    c->att_scratch = malloc((size_t)pool_threads(c->pool) *
+                            attn_scratch_floats(prm.n_ctx, hp->head_dim) * sizeof(float));
     c->cap_logits = 1;
     c->logits = malloc((size_t)hp->n_vocab * sizeof(float));
     if (!c->x || !c->xb || !c->q || !c->attn || !c->k || !c->v || !c->ffn_g || !c->ffn_u ||
@@ -125,58 +121,6 @@ const float *eng_logits(const eng_ctx *c, int32_t i)
     if (i >= c->n_logits)
         return NULL;
     return c->logits + (size_t)i * (size_t)c->m->hp.n_vocab;
-}
-
-/* ---- attention -------------------------------------------------------- */
-
-typedef struct att_task {
-    eng_ctx *c;
-    int32_t layer, n, n_past;
-} att_task;
-
-static void attention_worker(void *arg, int ith, int nth)
-{
-    att_task *t = arg;
-    eng_ctx *c = t->c;
-    const eng_hparams *hp = &c->m->hp;
-    const int32_t hd = hp->head_dim, n_head = hp->n_head;
-    const int32_t group = hp->n_head / hp->n_head_kv;
-    const qt_traits *kt = qt_get(c->kv.type);
-    const size_t elem_bytes = c->kv.row_bytes / (size_t)c->kv.kv_dim;
-    const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = c->att_scratch + (size_t)ith * c->att_scratch_per_thread;
-    uint16_t *q16 = (uint16_t *)(scores + c->n_ctx);
-    float *vrow = scores + c->n_ctx + hd;
-    long b, e;
-    pool_range((long)t->n * n_head, ith, nth, &b, &e);
-    for (long item = b; item < e; item++) {
-        const int32_t i = (int32_t)(item / n_head), h = (int32_t)(item % n_head);
-        const int32_t kvh = h / group;
-        const int32_t n_keys = t->n_past + i + 1; /* causal: itself and before */
-        const float *q = c->q + (size_t)i * hp->n_embd + (size_t)h * hd;
-        const void *qv = q;
-        if (kt->type == QT_F16) {
-            for (int32_t d = 0; d < hd; d++)
-                q16[d] = qt_fp32_to_fp16(q[d]);
-            qv = q16;
-        }
-        for (int32_t j = 0; j < n_keys; j++) {
-            const uint8_t *krow = kv_k_row(&c->kv, t->layer, j) + (size_t)kvh * hd * elem_bytes;
-            float s;
-            kt->vec_dot(hd, &s, krow, qv);
-            scores[j] = s * scale;
-        }
-        ops_softmax(scores, n_keys);
-        float *out = c->attn + (size_t)i * hp->n_embd + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int32_t j = 0; j < n_keys; j++) {
-            const uint8_t *vr = kv_v_row(&c->kv, t->layer, j) + (size_t)kvh * hd * elem_bytes;
-            kt->to_float(vr, vrow, hd);
-            const float p = scores[j];
-            for (int32_t d = 0; d < hd; d++)
-                out[d] += p * vrow[d];
-        }
-    }
 }
 
 /* ---- one pass --------------------------------------------------------- */
@@ -221,8 +165,13 @@ static int forward(eng_ctx *c, const int32_t *tokens, int32_t n, logits_mode mod
             kt->from_float(c->k + i * kv_dim, kv_k_row(&c->kv, l, c->n_past + i), kv_dim);
             kt->from_float(c->v + i * kv_dim, kv_v_row(&c->kv, l, c->n_past + i), kv_dim);
         }
-        att_task at = {.c = c, .layer = l, .n = n, .n_past = c->n_past};
-        pool_run(c->pool, attention_worker, &at);
+        attn_params ap = {
+            .layer = l, .n_tokens = n, .n_past = c->n_past,
+            .q = c->q, .q_stride = (size_t)n_embd, .out = c->attn, .out_stride = (size_t)n_embd,
+            .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
+            .scale = 1.0f / sqrtf((float)hp->head_dim),
+        };
+        attn_run(c->pool, &c->kv, c->att_scratch, &ap);
         mm_job o[1] = {{&L->wo, c->xb}};
         if ((rc = mm_run(c->pool, &c->mm, o, 1, c->attn, n, err)))
             return rc;

@@ -49,7 +49,7 @@ typedef struct kv_cache {
 } kv_cache;
 
 int kv_init(kv_cache *kv, qt_type type, int32_t n_layer, int32_t n_ctx, int32_t kv_dim,
-            char err[256]);
+            int32_t head_dim, char err[256]);
 void kv_release(kv_cache *kv);
 static inline uint8_t *kv_k_row(const kv_cache *kv, int32_t layer, int32_t pos)
 {
@@ -59,6 +59,24 @@ static inline uint8_t *kv_v_row(const kv_cache *kv, int32_t layer, int32_t pos)
 {
     return kv->v + ((size_t)layer * (size_t)kv->n_ctx + (size_t)pos) * kv->row_bytes;
 }
+
+/* Attention of a batch over the cache (attention.c). */
+typedef struct attn_params {
+    int32_t layer, n_tokens, n_past;
+    const float *q;     /* [n_tokens][q_stride]; head h at h * head_dim */
+    size_t q_stride;
+    float *out;         /* [n_tokens][out_stride] */
+    size_t out_stride;
+    int32_t n_head, n_head_kv, head_dim;
+    float scale;        /* usually 1 / sqrt(head_dim) */
+    float softcap;      /* > 0: scores become softcap * tanh(score / softcap) */
+    int32_t window;     /* > 0: a query sees only the last `window` positions */
+} attn_params;
+
+/* Floats of scratch one thread needs. */
+size_t attn_scratch_floats(int32_t n_ctx, int32_t head_dim);
+/* scratch holds attn_scratch_floats() floats per pool thread. */
+void attn_run(pool *p, const kv_cache *kv, float *scratch, const attn_params *a);
 
 /* One matrix x matrix product of a batch: y[t][r] = dot(W row r, x[t]). */
 typedef struct mm_job {
@@ -88,8 +106,7 @@ struct eng_ctx {
     int32_t n_ctx, n_batch, n_past;
     /* activations for one pass of up to n_batch tokens */
     float *x, *xb, *q, *k, *v, *attn, *ffn_g, *ffn_u;
-    float *att_scratch; /* per thread: scores [n_ctx] + q row + output row */
-    size_t att_scratch_per_thread;
+    float *att_scratch; /* attn_scratch_floats() per thread */
     mm_scratch mm;
     float *logits;      /* [n_logits][n_vocab] */
     int32_t n_logits, cap_logits;
