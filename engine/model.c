@@ -32,7 +32,7 @@ static int need_u32(const gguf *g, const char *arch, const char *suffix, int32_t
     return ENG_OK;
 }
 
-static int bind(const eng_model *m, eng_w *w, const char *name, int64_t ne0, int64_t ne1,
+static int bind(eng_model *m, eng_w *w, const char *name, int64_t ne0, int64_t ne1,
                 bool required, char err[256])
 {
     const gguf_tensor *t = gguf_find_tensor(m->g, name);
@@ -55,6 +55,7 @@ static int bind(const eng_model *m, eng_w *w, const char *name, int64_t ne0, int
                  gguf_path(m->g), name, qt_type_name((qt_type)t->type));
         return ENG_EFORMAT;
     }
+    w->id = m->n_weights++;
     w->name = t->name;
     w->data = t->data;
     w->type = (qt_type)t->type;
@@ -65,7 +66,7 @@ static int bind(const eng_model *m, eng_w *w, const char *name, int64_t ne0, int
 }
 
 /* A norm weight of n floats, converted into dst. */
-static int bind_norm(const eng_model *m, float *dst, const char *name, int64_t n, char err[256])
+static int bind_norm(eng_model *m, float *dst, const char *name, int64_t n, char err[256])
 {
     eng_w w;
     int rc = bind(m, &w, name, n, 1, true, err);

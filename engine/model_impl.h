@@ -12,6 +12,7 @@
 /* A weight matrix as the kernels see it: ne1 rows of ne0 elements, rows
  * row_bytes apart, in the read-only mapping of the model file. */
 typedef struct eng_w {
+    int32_t id;         /* index among the model's bound weights (LoRA looks adapters up by it) */
     const char *name;
     const uint8_t *data;
     qt_type type;
@@ -37,6 +38,7 @@ struct eng_model {
     float *norm_store;  /* owns every norm vector above */
     uint64_t decode_weight_bytes;
     qt_type main_type;
+    int32_t n_weights;  /* eng_w ids are 0 .. n_weights-1 */
 };
 
 /* The KV cache: for each layer, n_ctx rows of kv_dim elements of K and of V
