@@ -62,6 +62,16 @@ typedef void (*qt_from_float_fn)(const float *restrict src, void *restrict dst, 
 typedef void (*qt_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict x,
                               const void *restrict y);
 
+/* A tile of a matrix product: s[t * ld_s + r] = dot(x row r, y row t) for
+ * r < nr, t < nt, over n elements. x rows (this row's type) lie x_stride
+ * bytes apart, y rows (vec_dot_type) y_stride bytes apart. nr and nt are at
+ * most the row's gemm_rows and gemm_cols. One call unpacks each weight block
+ * once for nt activation rows and loads each activation block once for nr
+ * weight rows, which is what makes prompt processing compute-efficient. */
+typedef void (*qt_gemm_fn)(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                           size_t x_stride, int nr, const void *restrict y, size_t y_stride,
+                           int nt);
+
 typedef struct qt_traits {
     qt_type type;
     const char *name;       /* "q4_0", as users spell it */
@@ -72,6 +82,8 @@ typedef struct qt_traits {
     qt_to_float_fn to_float;
     qt_from_float_fn from_float; /* NULL where quantizing is not supported */
     qt_vec_dot_fn vec_dot;       /* NULL for activation-only or storage-only types */
+    qt_gemm_fn gemm;             /* NULL: callers loop over vec_dot */
+    uint8_t gemm_rows, gemm_cols; /* largest tile gemm takes */
 } qt_traits;
 
 /* The row for t with the fastest kernels, or NULL for an unknown/unsupported id. */
