@@ -55,13 +55,31 @@ static int bind(eng_model *m, eng_w *w, const char *name, int64_t ne0, int64_t n
                  gguf_path(m->g), name, qt_type_name((qt_type)t->type));
         return ENG_EFORMAT;
     }
-    w->id = m->n_weights++;
+    w->id = -1;
     w->name = t->name;
     w->data = t->data;
     w->type = (qt_type)t->type;
     w->ne0 = ne0;
     w->ne1 = ne1;
     w->row_bytes = qt_row_bytes(w->type, ne0);
+    return ENG_OK;
+}
+
+/* bind() a matrix the matmuls use, and register it so that adapters can
+ * find it by name. The registry was sized by the tensor count, and a tensor
+ * is bound at most once. */
+static int bind_weight(eng_model *m, eng_w *w, const char *name, int64_t ne0, int64_t ne1,
+                       bool required, char err[256])
+{
+    int rc = bind(m, w, name, ne0, ne1, required, err);
+    if (rc || !w->data)
+        return rc;
+    if (m->n_weights >= (int32_t)gguf_tensor_count(m->g)) {
+        snprintf(err, 256, "%s: tensor '%s' bound twice", gguf_path(m->g), name);
+        return ENG_EFORMAT;
+    }
+    w->id = m->n_weights;
+    m->weights[m->n_weights++] = w;
     return ENG_OK;
 }
 
@@ -132,8 +150,8 @@ static int load_llama(eng_model *m, const char *arch, char err[256])
                  gguf_path(g), (long long)te->ne[1], tok_n_vocab(m->tk));
         return ENG_EFORMAT;
     }
-    if ((rc = bind(m, &m->tok_embd, "token_embd.weight", n_embd, hp->n_vocab, true, err)) ||
-        (rc = bind(m, &m->output, "output.weight", n_embd, hp->n_vocab, false, err)))
+    if ((rc = bind_weight(m, &m->tok_embd, "token_embd.weight", n_embd, hp->n_vocab, true, err)) ||
+        (rc = bind_weight(m, &m->output, "output.weight", n_embd, hp->n_vocab, false, err)))
         return rc;
     hp->tied_output = m->output.data == NULL;
     if (hp->tied_output)
@@ -166,13 +184,13 @@ static int load_llama(eng_model *m, const char *arch, char err[256])
             return rc;
         L->ffn_norm = ns;
         ns += n_embd;
-        if ((rc = bind(m, &L->wq, LNAME("attn_q"), n_embd, n_embd, true, err)) ||
-            (rc = bind(m, &L->wk, LNAME("attn_k"), n_embd, kv_dim, true, err)) ||
-            (rc = bind(m, &L->wv, LNAME("attn_v"), n_embd, kv_dim, true, err)) ||
-            (rc = bind(m, &L->wo, LNAME("attn_output"), n_embd, n_embd, true, err)) ||
-            (rc = bind(m, &L->w_gate, LNAME("ffn_gate"), n_embd, hp->n_ff, true, err)) ||
-            (rc = bind(m, &L->w_up, LNAME("ffn_up"), n_embd, hp->n_ff, true, err)) ||
-            (rc = bind(m, &L->w_down, LNAME("ffn_down"), hp->n_ff, n_embd, true, err)))
+        if ((rc = bind_weight(m, &L->wq, LNAME("attn_q"), n_embd, n_embd, true, err)) ||
+            (rc = bind_weight(m, &L->wk, LNAME("attn_k"), n_embd, kv_dim, true, err)) ||
+            (rc = bind_weight(m, &L->wv, LNAME("attn_v"), n_embd, kv_dim, true, err)) ||
+            (rc = bind_weight(m, &L->wo, LNAME("attn_output"), n_embd, n_embd, true, err)) ||
+            (rc = bind_weight(m, &L->w_gate, LNAME("ffn_gate"), n_embd, hp->n_ff, true, err)) ||
+            (rc = bind_weight(m, &L->w_up, LNAME("ffn_up"), n_embd, hp->n_ff, true, err)) ||
+            (rc = bind_weight(m, &L->w_down, LNAME("ffn_down"), hp->n_ff, n_embd, true, err)))
             return rc;
 #undef LNAME
         const eng_w *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -203,6 +221,12 @@ int eng_model_open(eng_model **out, const char *path, char err[256])
     if (rc) {
         free(m);
         return rc == GGUF_EIO ? ENG_EIO : ENG_EFORMAT;
+    }
+    m->weights = calloc(gguf_tensor_count(m->g) + 1, sizeof *m->weights);
+    if (!m->weights) {
+        snprintf(err, 256, "%s: out of memory", path);
+        rc = ENG_ENOMEM;
+        goto fail;
     }
     const char *arch = gguf_get_str(m->g, "general.architecture");
     if (!arch) {
@@ -240,6 +264,7 @@ void eng_model_close(eng_model *m)
     tok_free(m->tk);
     gguf_close(m->g);
     free(m->layers);
+    free(m->weights);
     free(m->norm_store);
     free(m);
 }

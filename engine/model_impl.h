@@ -38,7 +38,8 @@ struct eng_model {
     float *norm_store;  /* owns every norm vector above */
     uint64_t decode_weight_bytes;
     qt_type main_type;
-    int32_t n_weights;  /* eng_w ids are 0 .. n_weights-1 */
+    const eng_w **weights; /* by id: every bound weight (they live in the structs above) */
+    int32_t n_weights;     /* eng_w ids are 0 .. n_weights-1 */
 };
 
 /* The KV cache: for each layer, n_ctx rows of kv_dim elements of K and of V
