@@ -93,4 +93,19 @@ void eng_kv_truncate(eng_ctx *c, int32_t n);
  * their keys re-rotated for their new positions (context shift). */
 int eng_kv_shift(eng_ctx *c, int32_t keep, int32_t n_discard, char err[256]);
 
+/* LoRA adapters (GGUF, general.type = adapter, adapter.type = lora), checked
+ * against the model they are opened for. An adapter must outlive every
+ * context it is attached to. */
+typedef struct eng_lora eng_lora;
+#define ENG_MAX_LORAS 8
+
+int eng_lora_open(eng_lora **out, const eng_model *m, const char *path, char err[256]);
+void eng_lora_close(eng_lora *l);
+int32_t eng_lora_n_pairs(const eng_lora *l); /* how many weights it adapts */
+/* Attach n adapters with their scales (scales NULL: all 1), replacing those
+ * attached before; n = 0 detaches all. Takes effect from the next eng_eval:
+ * tokens already in the KV cache keep what they were computed with. */
+int eng_ctx_set_loras(eng_ctx *c, const eng_lora *const *adapters, const float *scales, int n,
+                      char err[256]);
+
 #endif

@@ -33,6 +33,7 @@ void eng_ctx_free(eng_ctx *c)
     pool_free(c->pool);
     kv_release(&c->kv);
     mm_scratch_release(&c->mm);
+    lora_set_release(&c->lora);
     free(c->x);
     free(c->xb);
     free(c->q);

@@ -109,7 +109,7 @@ int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *
             pool_run(p, mm_quantize, &t);
     }
     pool_run(p, mm_compute, &t);
-    return ENG_OK;
+    return s->lora ? lora_apply(p, s, jobs, n_jobs, x, n, err) : ENG_OK;
 }
 
 void mm_scratch_release(mm_scratch *s)

@@ -87,11 +87,22 @@ typedef struct mm_job {
     float *y; /* [n][w->ne1] */
 } mm_job;
 
+/* The adapters attached to a context (lora.c), with scratch for the
+ * low-rank products. */
+typedef struct lora_set {
+    int n;
+    const eng_lora *adapters[ENG_MAX_LORAS];
+    float scales[ENG_MAX_LORAS];
+    float *t, *u; /* A x and B (A x) */
+    size_t cap_t, cap_u;
+} lora_set;
+
 /* Scratch the matmul needs: activation rows quantized to the weights'
  * vec_dot_type, sized for n_batch rows of the widest input. */
 typedef struct mm_scratch {
     uint8_t *xq;
     size_t cap_bytes;
+    lora_set *lora; /* attached adapters, or NULL: mm_run ends with lora_apply */
 } mm_scratch;
 
 /* y = x W^T for up to 4 weights sharing the input x[n][ne0] (all jobs must
@@ -102,6 +113,12 @@ int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *
            char err[256]);
 void mm_scratch_release(mm_scratch *s);
 
+/* After the base product of jobs: y += scale * B (A x) for every attached
+ * adapter that adapts a job's weight (lora.c). */
+int lora_apply(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *x,
+               int32_t n, char err[256]);
+void lora_set_release(lora_set *ls);
+
 struct eng_ctx {
     const eng_model *m;
     pool *pool;
@@ -111,6 +128,7 @@ struct eng_ctx {
     float *x, *xb, *q, *k, *v, *attn, *ffn_g, *ffn_u;
     float *att_scratch; /* attn_scratch_floats() per thread */
     mm_scratch mm;
+    lora_set lora;
     float *logits;      /* [n_logits][n_vocab] */
     int32_t n_logits, cap_logits;
     int32_t *pos;       /* positions of the batch */
