@@ -47,13 +47,15 @@ static const char usage_text[] =
     "      --keep N            tokens from the start kept by a context shift (default 0;\n"
     "                          BOS is always kept)\n"
     "      --ignore-eos        go on past end-of-text tokens\n"
+    "      --lora FILE[:SCALE] apply a LoRA adapter (GGUF) with a scale (default 1);\n"
+    "                          repeat for up to 8 adapters\n"
     "  -h, --help              this text\n"
     "\n"
     "Exit status: 0 ok, 1 runtime failure, 2 usage error.\n";
 
 enum {
     OPT_TEMP = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_SEED, OPT_CTK,
-    OPT_CTV, OPT_ECHO, OPT_SHIFT, OPT_KEEP, OPT_IGNORE_EOS,
+    OPT_CTV, OPT_ECHO, OPT_SHIFT, OPT_KEEP, OPT_IGNORE_EOS, OPT_LORA,
 };
 
 static const struct option long_opts[] = {
@@ -77,9 +79,32 @@ static const struct option long_opts[] = {
     {"context-shift", no_argument, NULL, OPT_SHIFT},
     {"keep", required_argument, NULL, OPT_KEEP},
     {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
+    {"lora", required_argument, NULL, OPT_LORA},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
+
+/* "FILE" or "FILE:SCALE": the scale is what follows the last ':' when that
+ * parses as a number (so paths with colons still work without a scale). */
+static bool parse_lora_arg(const char *cmd, char *arg, const char **path, float *scale)
+{
+    *path = arg;
+    *scale = 1.0f;
+    char *colon = strrchr(arg, ':');
+    if (!colon)
+        return true;
+    char *end;
+    double v = strtod(colon + 1, &end);
+    if (end == colon + 1 || *end != '\0')
+        return true;
+    if (!(v >= -100.0 && v <= 100.0)) {
+        cli_error(cmd, "--lora: scale '%s' is not a number in -100..100", colon + 1);
+        return false;
+    }
+    *colon = '\0';
+    *scale = (float)v;
+    return true;
+}
 
 static void print_piece(const tok *tk, int32_t id)
 {
@@ -104,6 +129,9 @@ int cmd_run(int argc, char **argv)
     eng_ctx_params cp = eng_ctx_params_default();
     int ctv = -1;
     long v;
+    const char *lora_paths[ENG_MAX_LORAS];
+    float lora_scales[ENG_MAX_LORAS];
+    int n_lora = 0;
     int c;
     optind = 1;
     opterr = 0;
@@ -141,6 +169,15 @@ int cmd_run(int argc, char **argv)
         case OPT_SHIFT: shift = true; break;
         case OPT_KEEP: if (!cli_parse_long(cmd, "--keep", optarg, 0, 1 << 22, &keep)) return CLI_USAGE; break;
         case OPT_IGNORE_EOS: ignore_eos = true; break;
+        case OPT_LORA:
+            if (n_lora == ENG_MAX_LORAS) {
+                cli_error(cmd, "--lora: at most %d adapters", ENG_MAX_LORAS);
+                return CLI_USAGE;
+            }
+            if (!parse_lora_arg(cmd, optarg, &lora_paths[n_lora], &lora_scales[n_lora]))
+                return CLI_USAGE;
+            n_lora++;
+            break;
         case 'h': fputs(usage_text, stdout); return CLI_OK;
         default: return cli_bad_option(cmd, argv, c);
         }
@@ -170,6 +207,7 @@ int cmd_run(int argc, char **argv)
     eng_model *m = NULL;
     eng_ctx *ctx = NULL;
     smp *sampler = NULL;
+    eng_lora *loras[ENG_MAX_LORAS] = {0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
     if (prompt_file) {
@@ -192,6 +230,17 @@ int cmd_run(int argc, char **argv)
     cp.n_threads = (int32_t)n_threads;
     cp.n_batch = (int32_t)n_batch;
     if (eng_ctx_new(&ctx, m, &cp, err)) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    for (int i = 0; i < n_lora; i++) {
+        if (eng_lora_open(&loras[i], m, lora_paths[i], err)) {
+            cli_error(cmd, "%s", err);
+            goto done;
+        }
+    }
+    if (n_lora > 0 &&
+        eng_ctx_set_loras(ctx, (const eng_lora *const *)loras, lora_scales, n_lora, err)) {
         cli_error(cmd, "%s", err);
         goto done;
     }
@@ -280,6 +329,8 @@ done:
     free(ids);
     smp_free(sampler);
     eng_ctx_free(ctx);
+    for (int i = 0; i < n_lora; i++)
+        eng_lora_close(loras[i]);
     eng_model_close(m);
     free(file_text);
     return status;
