@@ -1,7 +1,8 @@
 /*
  * cmd_model.c - `outpost model info` (everything a GGUF file says about
- * itself) and `outpost model synth` (a random-weight Llama model of a named
- * real shape, for benchmarks: speed does not depend on the weights' values).
+ * itself) and `outpost model synth` (a random-weight model of a named real
+ * model's architecture and shape, for benchmarks: speed does not depend on
+ * the weights' values).
  *
  * info trusts the GGUF reader's validation and only formats; strings from
  * the file are printed escaped, and long strings and arrays abbreviated
@@ -264,7 +265,11 @@ static void print_architecture(const gguf *g)
     snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
     if (gguf_get_u64(g, key, &n_head_kv) != 0)
         n_head_kv = n_head; /* absent means no grouping (llama.cpp's default) */
-    if (n_embd && n_head && n_embd % n_head == 0)
+    uint64_t head_dim = 0;
+    snprintf(key, sizeof key, "%s.attention.key_length", arch);
+    if (gguf_get_u64(g, key, &head_dim) == 0)
+        printf("  %-22s %" PRIu64 " (%s)\n", "head dim", head_dim, key);
+    else if (n_embd && n_head && n_embd % n_head == 0)
         printf("  %-22s %" PRIu64 "\n", "head dim", n_embd / n_head);
     if (n_head && n_head_kv && n_head % n_head_kv == 0)
         printf("  %-22s %" PRIu64 "\n", "query heads per kv", n_head / n_head_kv);
@@ -429,32 +434,52 @@ static int model_info(int argc, char **argv)
 typedef struct synth_shape {
     const char *name;
     const char *description;
+    const char *arch;   /* general.architecture, which decides the tensor set */
     uint32_t n_embd, n_layer, n_ff, n_head, n_head_kv;
-    uint32_t n_ctx;     /* what we write as llama.context_length */
+    uint32_t head_dim;  /* written as attention.key_length; 0: n_embd / n_head */
+    uint32_t n_ctx;     /* what we write as <arch>.context_length */
     float rope_base, rms_eps;
     bool tied_output;   /* output.weight absent: logits use token_embd */
+    /* Llama 3 RoPE scaling, baked into rope_freqs.weight as llama.cpp's
+     * converter does (factor 0: none). */
+    float llama3_factor, llama3_low, llama3_high;
+    uint32_t llama3_orig_ctx;
 } synth_shape;
 
 static const synth_shape shapes[] = {
-    {"tinyllama-1.1b", "TinyLlama 1.1B", 2048, 22, 5632, 32, 4, 2048, 10000.0f, 1e-5f, false},
-    {"smol-135m", "SmolLM 135M", 576, 30, 1536, 9, 3, 2048, 10000.0f, 1e-5f, true},
+    {"tinyllama-1.1b", "TinyLlama 1.1B", "llama", 2048, 22, 5632, 32, 4, 0, 2048, 10000.0f, 1e-5f,
+     false, 0, 0, 0, 0},
+    {"smol-135m", "SmolLM 135M", "llama", 576, 30, 1536, 9, 3, 0, 2048, 10000.0f, 1e-5f, true,
+     0, 0, 0, 0},
     /* Llama 3.2 1B was trained to 131072 tokens; 8192 keeps a KV cache of the
      * default context within a small device's memory. */
-    {"llama-3.2-1b", "Llama 3.2 1B", 2048, 16, 8192, 32, 8, 8192, 500000.0f, 1e-5f, true},
-    {"stories15m", "TinyStories 15M (llama2.c)", 288, 6, 768, 6, 6, 256, 10000.0f, 1e-5f, false},
-    {"stories260k", "TinyStories 260K (llama2.c)", 64, 5, 172, 8, 4, 512, 10000.0f, 1e-5f, false},
+    {"llama-3.2-1b", "Llama 3.2 1B", "llama", 2048, 16, 8192, 32, 8, 0, 8192, 500000.0f, 1e-5f,
+     true, 32.0f, 1.0f, 4.0f, 8192},
+    {"stories15m", "TinyStories 15M (llama2.c)", "llama", 288, 6, 768, 6, 6, 0, 256, 10000.0f,
+     1e-5f, false, 0, 0, 0, 0},
+    {"stories260k", "TinyStories 260K (llama2.c)", "llama", 64, 5, 172, 8, 4, 0, 512, 10000.0f,
+     1e-5f, false, 0, 0, 0, 0},
+    /* The context lengths below are the models' own (Qwen3 0.6B: 40960). */
+    {"qwen2.5-0.5b", "Qwen2.5 0.5B", "qwen2", 896, 24, 4864, 14, 2, 0, 32768, 1000000.0f, 1e-6f,
+     true, 0, 0, 0, 0},
+    {"qwen3-0.6b", "Qwen3 0.6B", "qwen3", 1024, 28, 3072, 16, 8, 128, 40960, 1000000.0f, 1e-6f,
+     true, 0, 0, 0, 0},
+    {"phi-3-mini", "Phi-3 mini 4K (3.8B)", "phi3", 3072, 32, 8192, 32, 32, 0, 4096, 10000.0f,
+     1e-5f, false, 0, 0, 0, 0},
+    {"gemma-2-2b", "Gemma 2 2B", "gemma2", 2304, 26, 9216, 8, 4, 256, 8192, 10000.0f, 1e-6f, true,
+     0, 0, 0, 0},
 };
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
 static void print_shapes(FILE *f)
 {
-    fprintf(f, "%-16s %6s %6s %6s %6s %6s %8s %10s %6s  %s\n", "shape", "n_embd", "layers",
-            "n_ff", "heads", "kv", "ctx", "rope_base", "tied", "model");
+    fprintf(f, "%-16s %6s %6s %6s %6s %6s %8s %10s %6s %-7s %s\n", "shape", "n_embd", "layers",
+            "n_ff", "heads", "kv", "ctx", "rope_base", "tied", "arch", "model");
     for (size_t i = 0; i < N_SHAPES; i++) {
         const synth_shape *s = &shapes[i];
-        fprintf(f, "%-16s %6u %6u %6u %6u %6u %8u %10g %6s  %s\n", s->name, s->n_embd,
+        fprintf(f, "%-16s %6u %6u %6u %6u %6u %8u %10g %6s %-7s %s\n", s->name, s->n_embd,
                 s->n_layer, s->n_ff, s->n_head, s->n_head_kv, s->n_ctx, (double)s->rope_base,
-                s->tied_output ? "yes" : "no", s->description);
+                s->tied_output ? "yes" : "no", s->arch, s->description);
     }
 }
 
@@ -497,6 +522,7 @@ typedef struct synth_tensor {
     int64_t ne[2];
     qt_type wanted, type; /* before and after the block-size fallback */
     float mean, std;
+    bool llama3_rope;     /* computed Llama 3 RoPE divisors, not random */
     uint64_t size_bytes;
 } synth_tensor;
 
@@ -523,6 +549,46 @@ static void add_norm(synth_tensor *t, const char *name, int64_t dim)
     t->std = 0.01f;
 }
 
+/* A bias vector: small values around 0. */
+static void add_bias(synth_tensor *t, const char *name, int64_t dim)
+{
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->n_dims = 1;
+    t->ne[0] = dim;
+    t->ne[1] = 1;
+    t->mean = 0.0f;
+    t->std = 0.1f;
+}
+
+typedef struct synth_rope {
+    const synth_shape *s;
+    int64_t n_rot;
+} synth_rope;
+
+/* Llama 3's RoPE frequency divisors (HF transformers' "llama3" rope_type,
+ * which llama.cpp's converter stores in rope_freqs.weight): wavelengths
+ * shorter than orig_ctx / high keep their frequency, those longer than
+ * orig_ctx / low are slowed by factor, and those between are blended. */
+static void synth_llama3_row(void *vctx, int64_t row, float *dst, int64_t n)
+{
+    const synth_rope *r = vctx;
+    const synth_shape *s = r->s;
+    const double orig = (double)s->llama3_orig_ctx;
+    (void)row;
+    for (int64_t i = 0; i < n; i++) {
+        double freq = pow((double)s->rope_base, -2.0 * (double)i / (double)r->n_rot);
+        double wavelen = 2.0 * 3.14159265358979323846 / freq;
+        if (wavelen < orig / s->llama3_high) {
+            dst[i] = 1.0f;
+        } else if (wavelen > orig / s->llama3_low) {
+            dst[i] = s->llama3_factor;
+        } else {
+            double smooth = (orig / wavelen - s->llama3_low) / (s->llama3_high - s->llama3_low);
+            dst[i] = (float)(1.0 / ((1.0 - smooth) / s->llama3_factor + smooth));
+        }
+    }
+}
+
 static void synth_usage(FILE *f)
 {
     fprintf(f,
@@ -530,21 +596,23 @@ static void synth_usage(FILE *f)
         "                           [--seed S] [-t THREADS]\n"
         "       outpost model synth --shape list\n"
         "\n"
-        "Write a Llama-architecture GGUF model of a real model's shape filled with\n"
+        "Write a GGUF model of a real model's architecture and shape filled with\n"
         "random weights, for benchmarks and tests where the weights' values do not\n"
         "matter. The tokenizer (every tokenizer.* key) is copied from the GGUF file\n"
         "given with --vocab, and the vocabulary size is its token count.\n"
         "\n"
         "Matrices are drawn with mean 0 and standard deviation 1/sqrt(row length),\n"
         "so activations keep a sane scale; norm weights are 1 plus a little noise.\n"
-        "1-D tensors are f32; 2-D tensors are TYPE, or q8_0/f16 where a row is not a\n"
-        "whole number of TYPE's blocks (a note on stderr names each). The same seed\n"
-        "writes the same bytes, whatever the thread count.\n"
+        "1-D tensors are f32; 2-D tensors are TYPE (the K types are llama.cpp's\n"
+        "recipes, as in 'outpost quantize'), or the fallback type where a row is not\n"
+        "a whole number of the type's blocks (a note on stderr names each). The same\n"
+        "seed writes the same bytes, whatever the thread count.\n"
         "\n"
         "options:\n"
         "  --shape NAME      one of the shapes below, or 'list' to print them\n"
         "  --type TYPE       type of the 2-D weights (f32, f16, bf16, q8_0, q4_0,\n"
-        "                    q4_1, q5_0, q5_1, ...)\n"
+        "                    q4_1, q5_0, q5_1, q6_k, q5_k_m, q4_k_m, q3_k_m, q2_k, ...;\n"
+        "                    'outpost quantize --help' lists them all)\n"
         "  --vocab GGUF      the GGUF file whose tokenizer the model gets\n"
         "  -o, --output OUT  where to write the model\n"
         "  --seed S          random seed (default 1)\n"
@@ -658,19 +726,28 @@ static int model_synth(int argc, char **argv)
         goto done;
     }
 
-    /* The tensor list, in the order llama.cpp's converters write them. GGUF
-     * ne[0] is the row length, i.e. a matrix's input dimension. */
-    const uint32_t head_dim = shape->n_embd / shape->n_head;
+    /* The tensor list, in the order llama.cpp's converters write them, with
+     * their names for the shape's architecture. GGUF ne[0] is the row
+     * length, i.e. a matrix's input dimension. */
+    const char *arch = shape->arch;
+    const bool qwen2 = strcmp(arch, "qwen2") == 0, qwen3 = strcmp(arch, "qwen3") == 0;
+    const bool phi3 = strcmp(arch, "phi3") == 0, gemma2 = strcmp(arch, "gemma2") == 0;
+    const uint32_t head_dim = shape->head_dim ? shape->head_dim : shape->n_embd / shape->n_head;
     const int64_t n_embd = shape->n_embd, n_ff = shape->n_ff;
+    const int64_t n_q = (int64_t)shape->n_head * head_dim;
     const int64_t n_kv = (int64_t)shape->n_head_kv * head_dim;
-    size_t n_tensors = 2 + (shape->tied_output ? 0 : 1) + 9 * (size_t)shape->n_layer;
-    ts = calloc(n_tensors, sizeof *ts);
+    size_t n_max = 4 + 13 * (size_t)shape->n_layer, n_tensors = 0;
+    ts = calloc(n_max, sizeof *ts);
     w = gguf_writer_new();
     if (!ts || !w) {
         cli_error(CMD, "%s: out of memory", out_path);
         goto done;
     }
     size_t k = 0;
+    if (shape->llama3_factor > 0) {
+        add_norm(&ts[k], "rope_freqs.weight", head_dim / 2);
+        ts[k++].llama3_rope = true;
+    }
     add_matrix(&ts[k++], "token_embd.weight", n_embd, (int64_t)n_vocab);
     add_norm(&ts[k++], "output_norm.weight", n_embd);
     if (!shape->tied_output)
@@ -679,22 +756,51 @@ static int model_synth(int argc, char **argv)
         char nm[64];
 #define LNAME(suffix) (snprintf(nm, sizeof nm, "blk.%u." suffix, l), nm)
         add_norm(&ts[k++], LNAME("attn_norm.weight"), n_embd);
-        add_matrix(&ts[k++], LNAME("attn_q.weight"), n_embd, n_embd);
-        add_matrix(&ts[k++], LNAME("attn_k.weight"), n_embd, n_kv);
-        add_matrix(&ts[k++], LNAME("attn_v.weight"), n_embd, n_kv);
-        add_matrix(&ts[k++], LNAME("attn_output.weight"), n_embd, n_embd);
+        if (phi3) {
+            add_matrix(&ts[k++], LNAME("attn_qkv.weight"), n_embd, n_q + 2 * n_kv);
+        } else {
+            add_matrix(&ts[k++], LNAME("attn_q.weight"), n_embd, n_q);
+            add_matrix(&ts[k++], LNAME("attn_k.weight"), n_embd, n_kv);
+            add_matrix(&ts[k++], LNAME("attn_v.weight"), n_embd, n_kv);
+        }
+        if (qwen2) {
+            add_bias(&ts[k++], LNAME("attn_q.bias"), n_q);
+            add_bias(&ts[k++], LNAME("attn_k.bias"), n_kv);
+            add_bias(&ts[k++], LNAME("attn_v.bias"), n_kv);
+        }
+        if (qwen3) {
+            add_norm(&ts[k++], LNAME("attn_q_norm.weight"), head_dim);
+            add_norm(&ts[k++], LNAME("attn_k_norm.weight"), head_dim);
+        }
+        add_matrix(&ts[k++], LNAME("attn_output.weight"), n_q, n_embd);
+        if (gemma2)
+            add_norm(&ts[k++], LNAME("post_attention_norm.weight"), n_embd);
         add_norm(&ts[k++], LNAME("ffn_norm.weight"), n_embd);
-        add_matrix(&ts[k++], LNAME("ffn_gate.weight"), n_embd, n_ff);
-        add_matrix(&ts[k++], LNAME("ffn_up.weight"), n_embd, n_ff);
+        if (phi3) {
+            add_matrix(&ts[k++], LNAME("ffn_up.weight"), n_embd, 2 * n_ff);
+        } else {
+            add_matrix(&ts[k++], LNAME("ffn_gate.weight"), n_embd, n_ff);
+            add_matrix(&ts[k++], LNAME("ffn_up.weight"), n_embd, n_ff);
+        }
         add_matrix(&ts[k++], LNAME("ffn_down.weight"), n_ff, n_embd);
+        if (gemma2)
+            add_norm(&ts[k++], LNAME("post_ffw_norm.weight"), n_embd);
 #undef LNAME
     }
+    n_tensors = k;
 
     bool any_quantized = false;
     uint64_t max_bytes = 0, total_bytes = 0, params = 0;
+    /* K types are recipes, as in `outpost quantize`: one attn_v (or fused
+     * attn_qkv) per layer in every shape */
+    const mtool_model_shape recipe_shape = {(int)shape->n_layer, (int)shape->n_layer,
+                                            (int)(shape->n_head / shape->n_head_kv),
+                                            shape->tied_output};
     for (size_t i = 0; i < n_tensors; i++) {
         synth_tensor *t = &ts[i];
-        t->wanted = t->n_dims == 1 ? QT_F32 : target->type;
+        t->wanted = t->n_dims == 1    ? QT_F32
+                    : target->mixture ? mtool_recipe_type(target, &recipe_shape, t->name, t->ne[0])
+                                      : target->type;
         t->type = mtool_fit_type(t->wanted, t->ne[0]);
         any_quantized = any_quantized || qt_get(t->type)->is_quantized;
         t->size_bytes = (uint64_t)t->ne[1] * qt_row_bytes(t->type, t->ne[0]);
@@ -711,21 +817,39 @@ static int model_synth(int argc, char **argv)
     char model_name[96];
     snprintf(model_name, sizeof model_name, "synthetic %s (random weights)", shape->name);
     int wrc = 0;
-    wrc |= gguf_writer_set_str(w, "general.architecture", "llama");
+    char key[96];
+#define AKEY(suffix) (snprintf(key, sizeof key, "%s." suffix, arch), key)
+    wrc |= gguf_writer_set_str(w, "general.architecture", arch);
     wrc |= gguf_writer_set_str(w, "general.name", model_name);
     wrc |= gguf_writer_set_u32(w, "general.file_type", target->ftype);
     if (any_quantized)
         wrc |= gguf_writer_set_u32(w, "general.quantization_version", 2);
-    wrc |= gguf_writer_set_u32(w, "llama.context_length", shape->n_ctx);
-    wrc |= gguf_writer_set_u32(w, "llama.embedding_length", shape->n_embd);
-    wrc |= gguf_writer_set_u32(w, "llama.block_count", shape->n_layer);
-    wrc |= gguf_writer_set_u32(w, "llama.feed_forward_length", shape->n_ff);
-    wrc |= gguf_writer_set_u32(w, "llama.rope.dimension_count", head_dim);
-    wrc |= gguf_writer_set_u32(w, "llama.attention.head_count", shape->n_head);
-    wrc |= gguf_writer_set_u32(w, "llama.attention.head_count_kv", shape->n_head_kv);
-    wrc |= gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", shape->rms_eps);
-    wrc |= gguf_writer_set_f32(w, "llama.rope.freq_base", shape->rope_base);
-    wrc |= gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)n_vocab);
+    wrc |= gguf_writer_set_u32(w, AKEY("context_length"), shape->n_ctx);
+    wrc |= gguf_writer_set_u32(w, AKEY("embedding_length"), shape->n_embd);
+    wrc |= gguf_writer_set_u32(w, AKEY("block_count"), shape->n_layer);
+    wrc |= gguf_writer_set_u32(w, AKEY("feed_forward_length"), shape->n_ff);
+    wrc |= gguf_writer_set_u32(w, AKEY("rope.dimension_count"), head_dim);
+    wrc |= gguf_writer_set_u32(w, AKEY("attention.head_count"), shape->n_head);
+    wrc |= gguf_writer_set_u32(w, AKEY("attention.head_count_kv"), shape->n_head_kv);
+    if (shape->head_dim) {
+        wrc |= gguf_writer_set_u32(w, AKEY("attention.key_length"), shape->head_dim);
+        wrc |= gguf_writer_set_u32(w, AKEY("attention.value_length"), shape->head_dim);
+    }
+    wrc |= gguf_writer_set_f32(w, AKEY("attention.layer_norm_rms_epsilon"), shape->rms_eps);
+    wrc |= gguf_writer_set_f32(w, AKEY("rope.freq_base"), shape->rope_base);
+    wrc |= gguf_writer_set_u32(w, AKEY("vocab_size"), (uint32_t)n_vocab);
+    if (phi3) {
+        /* Phi-3 mini 4K: no LongRoPE factors; its config's window of 2047,
+         * which llama.cpp (and the engine) ignore */
+        wrc |= gguf_writer_set_u32(w, AKEY("rope.scaling.original_context_length"), shape->n_ctx);
+        wrc |= gguf_writer_set_u32(w, AKEY("attention.sliding_window"), 2047);
+    }
+    if (gemma2) {
+        wrc |= gguf_writer_set_f32(w, AKEY("attn_logit_softcapping"), 50.0f);
+        wrc |= gguf_writer_set_f32(w, AKEY("final_logit_softcapping"), 30.0f);
+        wrc |= gguf_writer_set_u32(w, AKEY("attention.sliding_window"), 4096);
+    }
+#undef AKEY
     wrc |= gguf_writer_copy_kv(w, vocab, "tokenizer.");
     if (wrc != 0) {
         cli_error(CMD, "%s: metadata could not be set (out of memory?)", out_path);
@@ -747,7 +871,11 @@ static int model_synth(int argc, char **argv)
     for (size_t i = 0; i < n_tensors; i++) {
         const synth_tensor *t = &ts[i];
         synth_fill fill = {mix64(seed ^ mix64((uint64_t)i + 1)), t->mean, t->std};
-        if (mtool_convert(p, synth_row, &fill, t->ne[1], t->ne[0], t->type, buf, err) != 0) {
+        synth_rope rope = {shape, head_dim};
+        int crc = t->llama3_rope
+                      ? mtool_convert(p, synth_llama3_row, &rope, 1, t->ne[0], t->type, buf, err)
+                      : mtool_convert(p, synth_row, &fill, t->ne[1], t->ne[0], t->type, buf, err);
+        if (crc != 0) {
             cli_error(CMD, "tensor %s: %s", t->name, err);
             goto done;
         }
@@ -800,7 +928,7 @@ static void model_usage(FILE *f)
         "\n"
         "  info    describe a GGUF model: hyper-parameters, tokenizer, metadata,\n"
         "          tensors and totals\n"
-        "  synth   write a random-weight Llama model of a named real shape\n"
+        "  synth   write a random-weight model of a named real model's shape\n"
         "\n"
         "'outpost model info --help' and 'outpost model synth --help' say more.\n"
         "exit status: 0 ok, 1 runtime failure, 2 usage error.\n");

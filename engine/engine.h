@@ -30,7 +30,19 @@ enum {
     ENG_ECTXFULL = -5, /* the batch does not fit in the context */
 };
 
-typedef enum eng_arch { ENG_ARCH_LLAMA = 1 } eng_arch;
+/* The decoder families the engine runs. All are pre-norm transformers with
+ * RoPE and a gated FFN; they differ in the options below (see model.c for
+ * which architecture sets which). */
+typedef enum eng_arch {
+    ENG_ARCH_LLAMA = 1,
+    ENG_ARCH_QWEN2,
+    ENG_ARCH_QWEN3,
+    ENG_ARCH_PHI3,
+    ENG_ARCH_GEMMA2,
+} eng_arch;
+
+/* The FFN's gate activation: out = act(gate) * up. */
+typedef enum eng_ffn_act { ENG_ACT_SILU, ENG_ACT_GELU } eng_ffn_act;
 
 typedef struct eng_hparams {
     eng_arch arch;
@@ -41,11 +53,23 @@ typedef struct eng_hparams {
     int32_t n_layer;
     int32_t n_head;
     int32_t n_head_kv;
-    int32_t head_dim;
+    int32_t head_dim;  /* <arch>.attention.key_length, else n_embd / n_head */
     int32_t n_ff;
-    int32_t n_rot;     /* RoPE dimension count */
+    int32_t n_rot;     /* RoPE dimension count (<= head_dim: partial rotary) */
     float rope_freq_base;
+    float rope_freq_scale;  /* linear RoPE scaling: 1 / rope.scaling.factor (1 = none) */
+    float rope_attn_factor; /* rope.scaling.attn_factor: cos and sin are scaled by it */
+    int32_t n_ctx_orig;     /* rope.scaling.original_context_length: longer contexts
+                               use LongRoPE's long factors */
+    bool rope_neox;    /* rotate pairs (i, i + n_rot/2), not (2i, 2i+1) */
     float norm_eps;
+    float attn_scale;      /* query-key scale, 1/sqrt(head_dim) unless the arch says else */
+    float attn_softcap;    /* > 0: scores become c * tanh(s / c) (gemma2) */
+    float final_softcap;   /* > 0: the same for the logits */
+    int32_t swa_window;    /* > 0: sliding-window layers see this many positions */
+    int32_t swa_pattern;   /* layer l slides iff l % p < p - 1 (p = 0: all layers) */
+    float embd_scale;      /* token embeddings are multiplied by this (1 = none) */
+    eng_ffn_act ffn_act;
     bool tied_output;  /* output head shares token_embd */
 } eng_hparams;
 

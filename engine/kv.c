@@ -80,12 +80,15 @@ int eng_kv_shift(eng_ctx *c, int32_t keep, int32_t n_discard, char err[256])
         snprintf(err, 256, "out of memory shifting the KV cache");
         return ENG_ENOMEM;
     }
+    /* The context's own RoPE (pairing, scaling, factors), as a pure rotation:
+     * the attention factor was applied once already when the key was made. */
+    ops_rope_cfg rc = c->rope;
+    rc.mscale = 1.0f;
     for (int32_t l = 0; l < c->kv.n_layer; l++) {
         for (int32_t p = keep + n_discard; p < c->n_past; p++) {
             int32_t to = p - n_discard;
             tr->to_float(kv_k_row(&c->kv, l, p), row, c->kv.kv_dim);
-            ops_rope(row, hp->n_head_kv, hp->head_dim, hp->n_rot, -(double)n_discard,
-                     hp->rope_freq_base);
+            ops_rope_apply(row, hp->n_head_kv, &rc, -(double)n_discard);
             tr->from_float(row, kv_k_row(&c->kv, l, to), c->kv.kv_dim);
             memmove(kv_v_row(&c->kv, l, to), kv_v_row(&c->kv, l, p), c->kv.row_bytes);
         }

@@ -1,16 +1,22 @@
 /*
- * llama.c - contexts and the forward pass of the Llama architecture.
+ * llama.c - contexts and the forward pass of the Llama family (every
+ * architecture model.c loads: llama, qwen2, qwen3, phi3, gemma2).
  *
  * One pass takes a batch of up to n_batch tokens at consecutive positions:
- *   x = embedding rows
- *   per layer: x += Wo . attention(RoPE(Wq.norm(x)), RoPE(Wk.norm(x)), Wv.norm(x))
- *              x += Wdown . (silu(Wgate.norm(x)) * Wup.norm(x))
- *   logits = Wout . norm(x)
+ *   x = embedding rows (times embd_scale)
+ *   per layer: h = norm(x); q, k, v = Wq h, Wk h, Wv h (or one fused Wqkv)
+ *              (+ biases); per-head norms of q and k; RoPE of q and k
+ *              a = Wo . attention(q, k, v) (+ bias), post-norm; x += a
+ *              h = norm(x); f = Wdown . (act(Wgate h) * Wup h), post-norm; x += f
+ *   logits = Wout . norm(x) (soft-capped)
+ * Every step in the middle is optional and taken when the model has it, so
+ * there is one path for the data whatever the architecture.
  * Every matmul is batch x weights (one read of the weights per pass), so a
  * prompt is processed as matrix x matrix. Attention is grouped-query with a
- * causal mask: token i of the batch sees cache positions 0 .. n_past + i.
- * K and V rows of the batch are written into the cache before attention, so
- * the batch attends to itself through the cache.
+ * causal mask (and a sliding window on the layers that have one): token i
+ * of the batch sees cache positions up to n_past + i. K and V rows of the
+ * batch are written into the cache before attention, so the batch attends
+ * to itself through the cache.
  * Attention itself lives in attention.c, the matmuls in matmul.c.
  */
 #include <math.h>
@@ -73,6 +79,15 @@ int eng_ctx_new(eng_ctx **out, const eng_model *m, const eng_ctx_params *p, char
     c->m = m;
     c->n_ctx = prm.n_ctx;
     c->n_batch = prm.n_batch;
+    /* LongRoPE: the long factors once the context outgrows the original
+     * training length (llama.cpp decides by the context size, not by the
+     * position). Llama 3's rope_freqs apply always. */
+    const float *factors = m->rope_freqs;
+    if (!factors)
+        factors = prm.n_ctx > hp->n_ctx_orig ? m->rope_long : m->rope_short;
+    c->rope = (ops_rope_cfg){.head_dim = hp->head_dim, .n_rot = hp->n_rot, .neox = hp->rope_neox,
+                             .freq_base = hp->rope_freq_base, .freq_scale = hp->rope_freq_scale,
+                             .freq_factors = factors, .mscale = hp->rope_attn_factor};
     int rc = pool_new(&c->pool, prm.n_threads, err);
     if (rc) {
         eng_ctx_free(c);
@@ -85,15 +100,24 @@ int eng_ctx_new(eng_ctx **out, const eng_model *m, const eng_ctx_params *p, char
         eng_ctx_free(c);
         return rc;
     }
+    /* A fused Q|K|V (or gate|up) matmul writes its rows whole, so q (ffn_u)
+     * is as wide as they are when any layer has the fused matrix. */
+    bool fused_qkv = false, fused_gate_up = false;
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        fused_qkv = fused_qkv || m->layers[l].wqkv.data;
+        fused_gate_up = fused_gate_up || !m->layers[l].w_gate.data;
+    }
     const size_t nb = (size_t)c->n_batch, ne = (size_t)hp->n_embd;
+    const size_t q_dim = (size_t)hp->n_head * (size_t)hp->head_dim;
+    const size_t n_ff = (size_t)hp->n_ff;
     c->x = malloc(nb * ne * sizeof(float));
     c->xb = malloc(nb * ne * sizeof(float));
-    c->q = malloc(nb * ne * sizeof(float));
-    c->attn = malloc(nb * ne * sizeof(float));
+    c->q = malloc(nb * (q_dim + (fused_qkv ? 2 * kv_dim : 0)) * sizeof(float));
+    c->attn = malloc(nb * q_dim * sizeof(float));
     c->k = malloc(nb * kv_dim * sizeof(float));
     c->v = malloc(nb * kv_dim * sizeof(float));
-    c->ffn_g = malloc(nb * (size_t)hp->n_ff * sizeof(float));
-    c->ffn_u = malloc(nb * (size_t)hp->n_ff * sizeof(float));
+    c->ffn_g = malloc(nb * n_ff * sizeof(float));
+    c->ffn_u = malloc(nb * n_ff * (fused_gate_up ? 2 : 1) * sizeof(float));
     c->pos = malloc(nb * sizeof(int32_t));
     c->att_scratch = malloc((size_t)pool_threads(c->pool) *
                             attn_scratch_floats(prm.n_ctx, hp->head_dim) * sizeof(float));
@@ -128,13 +152,51 @@ const float *eng_logits(const eng_ctx *c, int32_t i)
 
 typedef enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL } logits_mode;
 
+/* mm_run multiplies weights of one type and width together; a mixture (a
+ * Q6_K attn_v beside Q4_K attn_q) runs as several calls. Every output is
+ * the same dot product either way. */
+static int matmul(eng_ctx *c, const mm_job *jobs, int n_jobs, const float *x, int32_t n,
+                  char err[256])
+{
+    for (int i = 0; i < n_jobs;) {
+        int j = i + 1;
+        while (j < n_jobs && jobs[j].w->type == jobs[i].w->type && jobs[j].w->ne0 == jobs[i].w->ne0)
+            j++;
+        int rc = mm_run(c->pool, &c->mm, jobs + i, j - i, x, n, err);
+        if (rc)
+            return rc;
+        i = j;
+    }
+    return ENG_OK;
+}
+
+/* rows[i] (n rows of n_embd floats) = rmsnorm(rows[i]) * w, in place */
+static void norm_rows(float *rows, const float *w, int32_t n, int64_t n_embd, float eps)
+{
+    for (int32_t i = 0; i < n; i++)
+        ops_rmsnorm(rows + i * n_embd, rows + i * n_embd, w, n_embd, eps);
+}
+
+static void add_rows(float *x, const float *y, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++)
+        x[i] += y[i];
+}
+
+/* x[i] += b for each of n rows of width floats, rows stride apart */
+static void add_bias(float *x, size_t stride, const float *b, int32_t n, int64_t width)
+{
+    for (int32_t i = 0; i < n; i++)
+        add_rows(x + (size_t)i * stride, b, width);
+}
+
 static int forward(eng_ctx *c, const int32_t *tokens, int32_t n, logits_mode mode,
                    char err[256])
 {
     const eng_model *m = c->m;
     const eng_hparams *hp = &m->hp;
-    const int64_t n_embd = hp->n_embd, n_ff = hp->n_ff;
-    const int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t n_embd = hp->n_embd, n_ff = hp->n_ff, hd = hp->head_dim;
+    const int64_t q_dim = (int64_t)hp->n_head * hd, kv_dim = (int64_t)hp->n_head_kv * hd;
     const qt_traits *et = qt_get(m->tok_embd.type);
     const qt_traits *kt = qt_get(c->kv.type);
     int rc;
@@ -145,8 +207,11 @@ static int forward(eng_ctx *c, const int32_t *tokens, int32_t n, logits_mode mod
                      hp->n_vocab - 1);
             return ENG_EUSAGE;
         }
-        et->to_float(m->tok_embd.data + (size_t)tokens[i] * m->tok_embd.row_bytes,
-                     c->x + i * n_embd, n_embd);
+        float *row = c->x + i * n_embd;
+        et->to_float(m->tok_embd.data + (size_t)tokens[i] * m->tok_embd.row_bytes, row, n_embd);
+        if (hp->embd_scale != 1.0f)
+            for (int64_t d = 0; d < n_embd; d++)
+                row[d] *= hp->embd_scale;
     }
 
     for (int32_t l = 0; l < hp->n_layer; l++) {
@@ -154,43 +219,83 @@ static int forward(eng_ctx *c, const int32_t *tokens, int32_t n, logits_mode mod
         for (int32_t i = 0; i < n; i++)
             ops_rmsnorm(c->xb + i * n_embd, c->x + i * n_embd, L->attn_norm, n_embd,
                         hp->norm_eps);
-        mm_job qkv[3] = {{&L->wq, c->q}, {&L->wk, c->k}, {&L->wv, c->v}};
-        if ((rc = mm_run(c->pool, &c->mm, qkv, 3, c->xb, n, err)))
+        /* q, k, v rows: three buffers, or slices of one fused row */
+        float *q = c->q, *k = c->k, *v = c->v;
+        size_t q_stride = (size_t)q_dim, kv_stride = (size_t)kv_dim;
+        if (L->wqkv.data) {
+            k = q + q_dim;
+            v = k + kv_dim;
+            q_stride = kv_stride = (size_t)(q_dim + 2 * kv_dim);
+            mm_job qkv[1] = {{&L->wqkv, c->q}};
+            rc = matmul(c, qkv, 1, c->xb, n, err);
+        } else {
+            mm_job qkv[3] = {{&L->wq, q}, {&L->wk, k}, {&L->wv, v}};
+            rc = matmul(c, qkv, 3, c->xb, n, err);
+        }
+        if (rc)
             return rc;
+        if (L->bqkv) {
+            add_bias(q, q_stride, L->bqkv, n, q_dim);
+            add_bias(k, kv_stride, L->bqkv + q_dim, n, kv_dim);
+            add_bias(v, kv_stride, L->bqkv + q_dim + kv_dim, n, kv_dim);
+        }
         for (int32_t i = 0; i < n; i++) {
+            float *qi = q + i * q_stride, *ki = k + i * kv_stride, *vi = v + i * kv_stride;
+            if (L->q_norm) {
+                for (int32_t h = 0; h < hp->n_head; h++)
+                    ops_rmsnorm(qi + h * hd, qi + h * hd, L->q_norm, hd, hp->norm_eps);
+                for (int32_t h = 0; h < hp->n_head_kv; h++)
+                    ops_rmsnorm(ki + h * hd, ki + h * hd, L->k_norm, hd, hp->norm_eps);
+            }
             const double pos = (double)(c->n_past + i);
-            ops_rope(c->q + i * n_embd, hp->n_head, hp->head_dim, hp->n_rot, pos,
-                     hp->rope_freq_base);
-            ops_rope(c->k + i * kv_dim, hp->n_head_kv, hp->head_dim, hp->n_rot, pos,
-                     hp->rope_freq_base);
-            kt->from_float(c->k + i * kv_dim, kv_k_row(&c->kv, l, c->n_past + i), kv_dim);
-            kt->from_float(c->v + i * kv_dim, kv_v_row(&c->kv, l, c->n_past + i), kv_dim);
+            ops_rope_apply(qi, hp->n_head, &c->rope, pos);
+            ops_rope_apply(ki, hp->n_head_kv, &c->rope, pos);
+            kt->from_float(ki, kv_k_row(&c->kv, l, c->n_past + i), kv_dim);
+            kt->from_float(vi, kv_v_row(&c->kv, l, c->n_past + i), kv_dim);
         }
         attn_params ap = {
             .layer = l, .n_tokens = n, .n_past = c->n_past,
-            .q = c->q, .q_stride = (size_t)n_embd, .out = c->attn, .out_stride = (size_t)n_embd,
+            .q = q, .q_stride = q_stride, .out = c->attn, .out_stride = (size_t)q_dim,
             .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
-            .scale = 1.0f / sqrtf((float)hp->head_dim),
+            .scale = hp->attn_scale, .softcap = hp->attn_softcap, .window = L->window,
         };
         attn_run(c->pool, &c->kv, c->att_scratch, &ap);
         mm_job o[1] = {{&L->wo, c->xb}};
-        if ((rc = mm_run(c->pool, &c->mm, o, 1, c->attn, n, err)))
+        if ((rc = matmul(c, o, 1, c->attn, n, err)))
             return rc;
-        for (int64_t i = 0; i < n * n_embd; i++)
-            c->x[i] += c->xb[i];
+        if (L->bo)
+            add_bias(c->xb, (size_t)n_embd, L->bo, n, n_embd);
+        if (L->attn_post_norm)
+            norm_rows(c->xb, L->attn_post_norm, n, n_embd, hp->norm_eps);
+        add_rows(c->x, c->xb, n * n_embd);
 
         for (int32_t i = 0; i < n; i++)
             ops_rmsnorm(c->xb + i * n_embd, c->x + i * n_embd, L->ffn_norm, n_embd,
                         hp->norm_eps);
-        mm_job gu[2] = {{&L->w_gate, c->ffn_g}, {&L->w_up, c->ffn_u}};
-        if ((rc = mm_run(c->pool, &c->mm, gu, 2, c->xb, n, err)))
-            return rc;
-        ops_swiglu(c->ffn_g, c->ffn_u, n * n_ff);
+        void (*act)(float *, const float *, int64_t) =
+            hp->ffn_act == ENG_ACT_GELU ? ops_geglu : ops_swiglu;
+        if (L->w_gate.data) {
+            mm_job gu[2] = {{&L->w_gate, c->ffn_g}, {&L->w_up, c->ffn_u}};
+            if ((rc = matmul(c, gu, 2, c->xb, n, err)))
+                return rc;
+            act(c->ffn_g, c->ffn_u, n * n_ff);
+        } else {
+            /* one row of 2 n_ff: the gate half, then the up half */
+            mm_job gu[1] = {{&L->w_up, c->ffn_u}};
+            if ((rc = matmul(c, gu, 1, c->xb, n, err)))
+                return rc;
+            for (int32_t i = 0; i < n; i++) {
+                const float *gate = c->ffn_u + 2 * i * n_ff;
+                memcpy(c->ffn_g + i * n_ff, gate, (size_t)n_ff * sizeof(float));
+                act(c->ffn_g + i * n_ff, gate + n_ff, n_ff);
+            }
+        }
         mm_job d[1] = {{&L->w_down, c->xb}};
-        if ((rc = mm_run(c->pool, &c->mm, d, 1, c->ffn_g, n, err)))
+        if ((rc = matmul(c, d, 1, c->ffn_g, n, err)))
             return rc;
-        for (int64_t i = 0; i < n * n_embd; i++)
-            c->x[i] += c->xb[i];
+        if (L->ffn_post_norm)
+            norm_rows(c->xb, L->ffn_post_norm, n, n_embd, hp->norm_eps);
+        add_rows(c->x, c->xb, n * n_embd);
     }
 
     c->n_past += n;
@@ -204,8 +309,10 @@ static int forward(eng_ctx *c, const int32_t *tokens, int32_t n, logits_mode mod
                     hp->norm_eps);
     float *dst = c->logits + (size_t)c->n_logits * (size_t)hp->n_vocab;
     mm_job out[1] = {{&m->output, dst}};
-    if ((rc = mm_run(c->pool, &c->mm, out, 1, c->xb, n_out, err)))
+    if ((rc = matmul(c, out, 1, c->xb, n_out, err)))
         return rc;
+    if (hp->final_softcap > 0)
+        ops_softcap(dst, (int64_t)n_out * hp->n_vocab, hp->final_softcap);
     c->n_logits += n_out;
     return ENG_OK;
 }

@@ -3,16 +3,50 @@
  * architecture, bind and check every weight tensor, load the tokenizer.
  *
  * Weights are not copied: an eng_w points into the file's read-only mapping
- * and the kernels read the blocks where they lie. Only the norm vectors
- * (a few KiB) are converted to F32 at load, into one buffer the model owns.
- * Every tensor's shape is checked against the hyper-parameters here, so the
- * forward pass can index without further checks.
+ * and the kernels read the blocks where they lie. Only the vectors (norms,
+ * biases, RoPE factors: a few KiB) are converted to F32 at load, into one
+ * buffer the model owns. Every tensor's shape is checked against the
+ * hyper-parameters here, so the forward pass can index without further
+ * checks.
+ *
+ * The supported architectures are one family: pre-norm decoders with RoPE
+ * and a gated FFN. What sets them apart is decided here, once, and recorded
+ * in the hyper-parameters (RoPE style, scales, soft-caps, windows) and in
+ * which optional layer tensors are bound (biases, Q/K norms, post-norms,
+ * fused matrices); the one forward pass in llama.c follows those. Metadata
+ * keys and tensor names are llama.cpp's (its converters write the files):
+ *   llama   adjacent-pair RoPE; Llama 3 frequency divisors (rope_freqs.weight)
+ *           and linear RoPE scaling; optional Q/K/V/output biases
+ *   qwen2   NeoX RoPE, Q/K/V biases
+ *   qwen3   NeoX RoPE, per-head RMS norm of Q and K before RoPE, head size
+ *           from attention.key_length
+ *   phi3    NeoX RoPE (maybe partial), fused attn_qkv, ffn_up holding gate
+ *           and up, LongRoPE factors; its sliding window is ignored, as
+ *           llama.cpp does, because the converters do not describe it right
+ *   gemma2  NeoX RoPE, embeddings times sqrt(n_embd), post-attention and
+ *           post-FFN norms, GELU, attention and final logit soft-capping,
+ *           sliding window on layers l % 2 == 0. Its RMS norms multiply by
+ *           (1 + w) and the converter already stored 1 + w, so norm weights
+ *           are used as they are.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model_impl.h"
+
+static const struct {
+    const char *name;
+    eng_arch arch;
+} arch_table[] = {
+    {"llama", ENG_ARCH_LLAMA},
+    {"qwen2", ENG_ARCH_QWEN2},
+    {"qwen3", ENG_ARCH_QWEN3},
+    {"phi3", ENG_ARCH_PHI3},
+    {"gemma2", ENG_ARCH_GEMMA2},
+};
+#define N_ARCHS (sizeof arch_table / sizeof arch_table[0])
 
 static int need_u32(const gguf *g, const char *arch, const char *suffix, int32_t *out,
                     bool required, char err[256])
@@ -29,6 +63,23 @@ static int need_u32(const gguf *g, const char *arch, const char *suffix, int32_t
         return ENG_EFORMAT;
     }
     *out = (int32_t)v;
+    return ENG_OK;
+}
+
+/* An optional number: *out keeps its default when the key is absent. */
+static int get_f32(const gguf *g, const char *arch, const char *suffix, float *out,
+                   bool positive, char err[256])
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = gguf_get_f32(g, key, out);
+    if (rc == GGUF_ENOTFOUND)
+        return ENG_OK;
+    if (rc != GGUF_OK || !isfinite(*out) || (positive ? !(*out > 0) : !(*out >= 0))) {
+        snprintf(err, 256, "%s: %s must be a %s number", gguf_path(g), key,
+                 positive ? "positive" : "non-negative");
+        return ENG_EFORMAT;
+    }
     return ENG_OK;
 }
 
@@ -80,26 +131,97 @@ static int bind_weight(eng_model *m, eng_w *w, const char *name, int64_t ne0, in
     }
     w->id = m->n_weights;
     m->weights[m->n_weights++] = w;
+    m->decode_weight_bytes += w->row_bytes * (uint64_t)w->ne1;
     return ENG_OK;
 }
 
-/* A norm weight of n floats, converted into dst. */
-static int bind_norm(eng_model *m, float *dst, const char *name, int64_t n, char err[256])
+/* Vectors are carved out of norm_store, sized for the most any
+ * architecture binds (vec_floats_bound). */
+typedef struct vec_store {
+    float *next, *end;
+} vec_store;
+
+/* A vector of n floats, converted into the store; *out = NULL if the tensor
+ * is absent and not required. */
+static int bind_vec(eng_model *m, vec_store *vs, const float **out, const char *name, int64_t n,
+                    bool required, char err[256])
 {
     eng_w w;
-    int rc = bind(m, &w, name, n, 1, true, err);
-    if (rc)
+    *out = NULL;
+    int rc = bind(m, &w, name, n, 1, required, err);
+    if (rc || !w.data)
         return rc;
-    qt_get(w.type)->to_float(w.data, dst, n);
+    if (vs->end - vs->next < n) {
+        snprintf(err, 256, "%s: tensor '%s' does not fit the vector store", gguf_path(m->g), name);
+        return ENG_EFORMAT;
+    }
+    qt_get(w.type)->to_float(w.data, vs->next, n);
+    *out = vs->next;
+    vs->next += n;
+    m->decode_weight_bytes += (uint64_t)n * sizeof(float);
     return ENG_OK;
 }
 
-static int load_llama(eng_model *m, const char *arch, char err[256])
+/* RoPE factors divide frequencies: each must be a positive number. */
+static int bind_rope_factors(eng_model *m, vec_store *vs, const float **out, const char *name,
+                             char err[256])
+{
+    const int64_t n = m->hp.n_rot / 2;
+    int rc = bind_vec(m, vs, out, name, n, false, err);
+    if (rc || !*out)
+        return rc;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite((*out)[i]) || !((*out)[i] > 0)) {
+            snprintf(err, 256, "%s: tensor '%s' element %lld is %g, expected a positive factor",
+                     gguf_path(m->g), name, (long long)i, (double)(*out)[i]);
+            return ENG_EFORMAT;
+        }
+    }
+    return ENG_OK;
+}
+
+/* RoPE scaling (llama.cpp's reading of the rope.scaling.* keys): the type
+ * defaults to linear, whose factor stretches positions; none ignores the
+ * factor. LongRoPE needs nothing more than its factor tensors. */
+static int load_rope_scaling(eng_model *m, const char *arch, char err[256])
+{
+    eng_hparams *hp = &m->hp;
+    const gguf *g = m->g;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+    const char *type = gguf_get_str(g, key);
+    if (gguf_get(g, key) && !type) {
+        snprintf(err, 256, "%s: %s is not a string", gguf_path(g), key);
+        return ENG_EFORMAT;
+    }
+    if (type && strcmp(type, "none") != 0 && strcmp(type, "linear") != 0 &&
+        strcmp(type, "longrope") != 0) {
+        snprintf(err, 256, "%s: %s '%s' is not supported (none, linear, longrope)",
+                 gguf_path(g), key, type);
+        return ENG_EFORMAT;
+    }
+    float factor = 0.0f;
+    int rc;
+    if ((rc = get_f32(g, arch, "rope.scaling.factor", &factor, false, err)))
+        return rc;
+    if (factor == 0.0f && (rc = get_f32(g, arch, "rope.scale_linear", &factor, false, err)))
+        return rc;
+    hp->rope_freq_scale = factor == 0.0f || (type && strcmp(type, "none") == 0) ? 1.0f
+                                                                               : 1.0f / factor;
+    hp->rope_attn_factor = 1.0f;
+    hp->n_ctx_orig = hp->n_ctx_train;
+    if ((rc = get_f32(g, arch, "rope.scaling.attn_factor", &hp->rope_attn_factor, true, err)) ||
+        (rc = need_u32(g, arch, "rope.scaling.original_context_length", &hp->n_ctx_orig, false,
+                       err)))
+        return rc;
+    return ENG_OK;
+}
+
+static int load_hparams(eng_model *m, const char *arch, char err[256])
 {
     eng_hparams *hp = &m->hp;
     const gguf *g = m->g;
     int rc;
-    hp->arch = ENG_ARCH_LLAMA;
     if ((rc = need_u32(g, arch, "embedding_length", &hp->n_embd, true, err)) ||
         (rc = need_u32(g, arch, "block_count", &hp->n_layer, true, err)) ||
         (rc = need_u32(g, arch, "feed_forward_length", &hp->n_ff, true, err)) ||
@@ -107,15 +229,32 @@ static int load_llama(eng_model *m, const char *arch, char err[256])
         return rc;
     hp->n_head_kv = hp->n_head;
     hp->n_ctx_train = 2048;
+    hp->head_dim = 0;
     if ((rc = need_u32(g, arch, "attention.head_count_kv", &hp->n_head_kv, false, err)) ||
-        (rc = need_u32(g, arch, "context_length", &hp->n_ctx_train, false, err)))
+        (rc = need_u32(g, arch, "context_length", &hp->n_ctx_train, false, err)) ||
+        (rc = need_u32(g, arch, "attention.key_length", &hp->head_dim, false, err)))
         return rc;
-    if (hp->n_embd % hp->n_head != 0 || hp->n_head % hp->n_head_kv != 0) {
-        snprintf(err, 256, "%s: %d heads do not divide n_embd %d or are not a multiple of %d kv heads",
-                 gguf_path(g), hp->n_head, hp->n_embd, hp->n_head_kv);
+    if (hp->n_head % hp->n_head_kv != 0) {
+        snprintf(err, 256, "%s: %d heads are not a multiple of %d kv heads", gguf_path(g),
+                 hp->n_head, hp->n_head_kv);
         return ENG_EFORMAT;
     }
-    hp->head_dim = hp->n_embd / hp->n_head;
+    if (hp->head_dim == 0) {
+        if (hp->n_embd % hp->n_head != 0) {
+            snprintf(err, 256, "%s: %d heads do not divide n_embd %d (and %s.attention.key_length "
+                     "is absent)", gguf_path(g), hp->n_head, hp->n_embd, arch);
+            return ENG_EFORMAT;
+        }
+        hp->head_dim = hp->n_embd / hp->n_head;
+    }
+    int32_t value_dim = hp->head_dim;
+    if ((rc = need_u32(g, arch, "attention.value_length", &value_dim, false, err)))
+        return rc;
+    if (value_dim != hp->head_dim || (int64_t)hp->n_head * hp->head_dim > (1 << 20)) {
+        snprintf(err, 256, "%s: head size %d (key) / %d (value) is not supported (equal sizes, "
+                 "at most 2^20 per token)", gguf_path(g), hp->head_dim, value_dim);
+        return ENG_EFORMAT;
+    }
     hp->n_rot = hp->head_dim;
     if ((rc = need_u32(g, arch, "rope.dimension_count", &hp->n_rot, false, err)))
         return rc;
@@ -124,21 +263,146 @@ static int load_llama(eng_model *m, const char *arch, char err[256])
                  gguf_path(g), arch, hp->n_rot, hp->head_dim);
         return ENG_EFORMAT;
     }
-    char key[128];
     hp->rope_freq_base = 10000.0f;
-    snprintf(key, sizeof key, "%s.rope.freq_base", arch);
-    if (gguf_get_f32(g, key, &hp->rope_freq_base) == GGUF_ETYPE || !(hp->rope_freq_base > 0)) {
-        snprintf(err, 256, "%s: %s must be a positive number", gguf_path(g), key);
-        return ENG_EFORMAT;
-    }
     hp->norm_eps = 1e-5f;
-    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
-    if (gguf_get_f32(g, key, &hp->norm_eps) == GGUF_ETYPE || !(hp->norm_eps >= 0)) {
-        snprintf(err, 256, "%s: %s must be a non-negative number", gguf_path(g), key);
-        return ENG_EFORMAT;
-    }
+    if ((rc = get_f32(g, arch, "rope.freq_base", &hp->rope_freq_base, true, err)) ||
+        (rc = get_f32(g, arch, "attention.layer_norm_rms_epsilon", &hp->norm_eps, false, err)) ||
+        (rc = load_rope_scaling(m, arch, err)))
+        return rc;
 
-    const int64_t n_embd = hp->n_embd, kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    /* Only the original Llama rotates neighbouring pairs; every other
+     * family here was converted from rotate_half code (llama.cpp's
+     * LLAMA_ROPE_TYPE_NEOX). */
+    hp->rope_neox = hp->arch != ENG_ARCH_LLAMA;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    hp->embd_scale = 1.0f;
+    hp->ffn_act = ENG_ACT_SILU;
+    if (hp->arch == ENG_ARCH_GEMMA2) {
+        /* Gemma 2 defaults (and llama.cpp's): caps 50 and 30, window 4096
+         * on every other layer. The query is scaled by
+         * query_pre_attn_scalar^-1/2, which no GGUF key carries: it is the
+         * head size, except for the 27B model (46 layers), where it is
+         * n_embd / n_head (Google's gemma_pytorch config, as llama.cpp). */
+        hp->attn_softcap = 50.0f;
+        hp->final_softcap = 30.0f;
+        hp->swa_window = 4096;
+        hp->swa_pattern = 2;
+        if ((rc = get_f32(g, arch, "attn_logit_softcapping", &hp->attn_softcap, true, err)) ||
+            (rc = get_f32(g, arch, "final_logit_softcapping", &hp->final_softcap, true, err)) ||
+            (rc = need_u32(g, arch, "attention.sliding_window", &hp->swa_window, false, err)) ||
+            (rc = need_u32(g, arch, "attention.sliding_window_pattern", &hp->swa_pattern, false,
+                           err)))
+            return rc;
+        if (hp->n_layer == 46)
+            hp->attn_scale = 1.0f / sqrtf((float)(hp->n_embd / hp->n_head));
+        hp->embd_scale = sqrtf((float)hp->n_embd);
+        hp->ffn_act = ENG_ACT_GELU;
+    }
+    return ENG_OK;
+}
+
+/* Floats of every vector an architecture may bind, an upper bound. */
+static size_t vec_floats_bound(const eng_hparams *hp)
+{
+    const size_t n_embd = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
+    const size_t q_dim = (size_t)hp->n_head * hd, kv_dim = (size_t)hp->n_head_kv * hd;
+    size_t per_layer = 5 * n_embd          /* attn, ffn, post norms; output bias */
+                       + q_dim + 2 * kv_dim /* Q, K, V biases */
+                       + 2 * hd;            /* Q and K norms */
+    return n_embd + 3 * (size_t)(hp->n_rot / 2) + (size_t)hp->n_layer * per_layer;
+}
+
+static int load_layer(eng_model *m, vec_store *vs, int32_t il, char err[256])
+{
+    const eng_hparams *hp = &m->hp;
+    eng_layer *L = &m->layers[il];
+    const int64_t n_embd = hp->n_embd, n_ff = hp->n_ff, hd = hp->head_dim;
+    const int64_t q_dim = (int64_t)hp->n_head * hd, kv_dim = (int64_t)hp->n_head_kv * hd;
+    const eng_arch arch = hp->arch;
+    char name[96];
+    int rc;
+#define LNAME(s) (snprintf(name, sizeof name, "blk.%d." s, il), name)
+    if ((rc = bind_vec(m, vs, &L->attn_norm, LNAME("attn_norm.weight"), n_embd, true, err)) ||
+        (rc = bind_vec(m, vs, &L->ffn_norm, LNAME("ffn_norm.weight"), n_embd, true, err)))
+        return rc;
+
+    /* Q, K and V: one fused matrix if the file has it, else three. */
+    if ((rc = bind_weight(m, &L->wqkv, LNAME("attn_qkv.weight"), n_embd, q_dim + 2 * kv_dim,
+                          false, err)))
+        return rc;
+    if (L->wqkv.data) {
+        if ((rc = bind_vec(m, vs, &L->bqkv, LNAME("attn_qkv.bias"), q_dim + 2 * kv_dim, false,
+                           err)))
+            return rc;
+    } else {
+        if ((rc = bind_weight(m, &L->wq, LNAME("attn_q.weight"), n_embd, q_dim, true, err)) ||
+            (rc = bind_weight(m, &L->wk, LNAME("attn_k.weight"), n_embd, kv_dim, true, err)) ||
+            (rc = bind_weight(m, &L->wv, LNAME("attn_v.weight"), n_embd, kv_dim, true, err)))
+            return rc;
+        /* Biases, if any, go into one Q|K|V vector; a missing one is zero. */
+        const bool need = arch == ENG_ARCH_QWEN2;
+        const float *b[3];
+        const char *suffix[3] = {"attn_q.bias", "attn_k.bias", "attn_v.bias"};
+        const int64_t len[3] = {q_dim, kv_dim, kv_dim};
+        float *dst = vs->next;
+        if (vs->end - vs->next < q_dim + 2 * kv_dim) {
+            snprintf(err, 256, "%s: layer %d biases do not fit the vector store",
+                     gguf_path(m->g), il);
+            return ENG_EFORMAT;
+        }
+        for (int j = 0; j < 3; j++) {
+            snprintf(name, sizeof name, "blk.%d.%s", il, suffix[j]);
+            float *at = vs->next;
+            if ((rc = bind_vec(m, vs, &b[j], name, len[j], need, err)))
+                return rc;
+            if (!b[j]) {
+                memset(at, 0, (size_t)len[j] * sizeof(float));
+                vs->next = at + len[j];
+            }
+        }
+        if (b[0] || b[1] || b[2])
+            L->bqkv = dst;
+        else
+            vs->next = dst;
+    }
+    if (arch == ENG_ARCH_QWEN3 &&
+        ((rc = bind_vec(m, vs, &L->q_norm, LNAME("attn_q_norm.weight"), hd, true, err)) ||
+         (rc = bind_vec(m, vs, &L->k_norm, LNAME("attn_k_norm.weight"), hd, true, err))))
+        return rc;
+    if ((rc = bind_weight(m, &L->wo, LNAME("attn_output.weight"), q_dim, n_embd, true, err)) ||
+        (rc = bind_vec(m, vs, &L->bo, LNAME("attn_output.bias"), n_embd, false, err)))
+        return rc;
+
+    if (arch == ENG_ARCH_PHI3) {
+        if ((rc = bind_weight(m, &L->w_up, LNAME("ffn_up.weight"), n_embd, 2 * n_ff, true, err)))
+            return rc;
+    } else if ((rc = bind_weight(m, &L->w_gate, LNAME("ffn_gate.weight"), n_embd, n_ff, true,
+                                 err)) ||
+               (rc = bind_weight(m, &L->w_up, LNAME("ffn_up.weight"), n_embd, n_ff, true, err))) {
+        return rc;
+    }
+    if ((rc = bind_weight(m, &L->w_down, LNAME("ffn_down.weight"), n_ff, n_embd, true, err)))
+        return rc;
+
+    if (arch == ENG_ARCH_GEMMA2 &&
+        ((rc = bind_vec(m, vs, &L->attn_post_norm, LNAME("post_attention_norm.weight"), n_embd,
+                        true, err)) ||
+         (rc = bind_vec(m, vs, &L->ffn_post_norm, LNAME("post_ffw_norm.weight"), n_embd, true,
+                        err))))
+        return rc;
+#undef LNAME
+    const bool slides = hp->swa_window > 0 &&
+                        (hp->swa_pattern == 0 || il % hp->swa_pattern < hp->swa_pattern - 1);
+    L->window = slides ? hp->swa_window : 0;
+    return ENG_OK;
+}
+
+static int load_tensors(eng_model *m, char err[256])
+{
+    eng_hparams *hp = &m->hp;
+    const gguf *g = m->g;
+    int rc;
+    const int64_t n_embd = hp->n_embd;
     const gguf_tensor *te = gguf_find_tensor(g, "token_embd.weight");
     if (!te) {
         snprintf(err, 256, "%s: tensor 'token_embd.weight' is missing", gguf_path(g));
@@ -154,54 +418,41 @@ static int load_llama(eng_model *m, const char *arch, char err[256])
         (rc = bind_weight(m, &m->output, "output.weight", n_embd, hp->n_vocab, false, err)))
         return rc;
     hp->tied_output = m->output.data == NULL;
-    if (hp->tied_output)
+    /* A decode step reads one embedding row, and the output head in full. */
+    m->decode_weight_bytes = m->tok_embd.row_bytes +
+                             (hp->tied_output ? 0 : m->output.row_bytes * (uint64_t)hp->n_vocab);
+    if (hp->tied_output) {
         m->output = m->tok_embd;
+        m->decode_weight_bytes += m->tok_embd.row_bytes * (uint64_t)hp->n_vocab;
+    }
 
-    size_t n_norm = (size_t)n_embd * (2 * (size_t)hp->n_layer + 1);
-    m->norm_store = malloc(n_norm * sizeof(float));
+    const size_t n_vec = vec_floats_bound(hp);
+    m->norm_store = malloc(n_vec * sizeof(float));
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->norm_store || !m->layers) {
         snprintf(err, 256, "%s: out of memory for %d layers", gguf_path(g), hp->n_layer);
         return ENG_ENOMEM;
     }
-    float *ns = m->norm_store;
-    if ((rc = bind_norm(m, ns, "output_norm.weight", n_embd, err)))
+    vec_store vs = {m->norm_store, m->norm_store + n_vec};
+    if ((rc = bind_vec(m, &vs, &m->output_norm, "output_norm.weight", n_embd, true, err)))
         return rc;
-    m->output_norm = ns;
-    ns += n_embd;
+    if (hp->arch == ENG_ARCH_LLAMA &&
+        (rc = bind_rope_factors(m, &vs, &m->rope_freqs, "rope_freqs.weight", err)))
+        return rc;
+    if (hp->arch == ENG_ARCH_PHI3 &&
+        ((rc = bind_rope_factors(m, &vs, &m->rope_long, "rope_factors_long.weight", err)) ||
+         (rc = bind_rope_factors(m, &vs, &m->rope_short, "rope_factors_short.weight", err))))
+        return rc;
+    for (int32_t il = 0; il < hp->n_layer; il++)
+        if ((rc = load_layer(m, &vs, il, err)))
+            return rc;
 
-    uint64_t bytes = m->output.row_bytes * (uint64_t)m->output.ne1 + m->tok_embd.row_bytes;
     uint64_t type_bytes[QT_TYPE_COUNT] = {0};
-    for (int32_t i = 0; i < hp->n_layer; i++) {
-        eng_layer *L = &m->layers[i];
-        char name[96];
-#define LNAME(s) (snprintf(name, sizeof name, "blk.%d." s ".weight", i), name)
-        if ((rc = bind_norm(m, ns, LNAME("attn_norm"), n_embd, err)))
-            return rc;
-        L->attn_norm = ns;
-        ns += n_embd;
-        if ((rc = bind_norm(m, ns, LNAME("ffn_norm"), n_embd, err)))
-            return rc;
-        L->ffn_norm = ns;
-        ns += n_embd;
-        if ((rc = bind_weight(m, &L->wq, LNAME("attn_q"), n_embd, n_embd, true, err)) ||
-            (rc = bind_weight(m, &L->wk, LNAME("attn_k"), n_embd, kv_dim, true, err)) ||
-            (rc = bind_weight(m, &L->wv, LNAME("attn_v"), n_embd, kv_dim, true, err)) ||
-            (rc = bind_weight(m, &L->wo, LNAME("attn_output"), n_embd, n_embd, true, err)) ||
-            (rc = bind_weight(m, &L->w_gate, LNAME("ffn_gate"), n_embd, hp->n_ff, true, err)) ||
-            (rc = bind_weight(m, &L->w_up, LNAME("ffn_up"), n_embd, hp->n_ff, true, err)) ||
-            (rc = bind_weight(m, &L->w_down, LNAME("ffn_down"), hp->n_ff, n_embd, true, err)))
-            return rc;
-#undef LNAME
-        const eng_w *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) {
-            uint64_t b = ws[j]->row_bytes * (uint64_t)ws[j]->ne1;
-            bytes += b;
-            type_bytes[ws[j]->type] += b;
-        }
-        bytes += 2 * (uint64_t)n_embd * sizeof(float);
+    for (int32_t i = 0; i < m->n_weights; i++) {
+        const eng_w *w = m->weights[i];
+        if (w != &m->tok_embd && w != &m->output)
+            type_bytes[w->type] += w->row_bytes * (uint64_t)w->ne1;
     }
-    m->decode_weight_bytes = bytes;
     m->main_type = QT_F32;
     for (int t = 0; t < QT_TYPE_COUNT; t++)
         if (type_bytes[t] > type_bytes[m->main_type])
@@ -234,6 +485,19 @@ int eng_model_open(eng_model **out, const char *path, char err[256])
         rc = ENG_EFORMAT;
         goto fail;
     }
+    for (size_t i = 0; i < N_ARCHS; i++)
+        if (strcmp(arch, arch_table[i].name) == 0)
+            m->hp.arch = arch_table[i].arch;
+    if (!m->hp.arch) {
+        char names[128] = "";
+        for (size_t i = 0; i < N_ARCHS; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+                     arch_table[i].name);
+        snprintf(err, 256, "%s: architecture '%.40s' is not supported (supported: %s)", path,
+                 arch, names);
+        rc = ENG_EFORMAT;
+        goto fail;
+    }
     snprintf(m->hp.arch_name, sizeof m->hp.arch_name, "%s", arch);
     char terr[256];
     if (tok_open_gguf(&m->tk, m->g, terr) != TOK_OK) {
@@ -241,14 +505,7 @@ int eng_model_open(eng_model **out, const char *path, char err[256])
         rc = ENG_EFORMAT;
         goto fail;
     }
-    if (strcmp(arch, "llama") == 0) {
-        rc = load_llama(m, arch, err);
-    } else {
-        snprintf(err, 256, "%s: architecture '%s' is not supported (supported: llama)", path,
-                 arch);
-        rc = ENG_EFORMAT;
-    }
-    if (rc)
+    if ((rc = load_hparams(m, arch, err)) || (rc = load_tensors(m, err)))
         goto fail;
     *out = m;
     return ENG_OK;

@@ -7,6 +7,7 @@
 #define OUTPOST_MODEL_IMPL_H
 
 #include "engine.h"
+#include "ops.h"
 #include "pool.h"
 
 /* A weight matrix as the kernels see it: ne1 rows of ne0 elements, rows
@@ -20,11 +21,22 @@ typedef struct eng_w {
     size_t row_bytes;
 } eng_w;
 
+/* One block. Vectors are converted to F32 at load; a NULL vector or a weight
+ * with NULL data is an option this architecture does not have. q_dim is
+ * n_head * head_dim, kv_dim n_head_kv * head_dim. */
 typedef struct eng_layer {
-    const float *attn_norm; /* [n_embd], converted to F32 at load */
-    eng_w wq, wk, wv, wo;
+    const float *attn_norm;      /* [n_embd] */
+    eng_w wq, wk, wv;            /* separate projections, or */
+    eng_w wqkv;                  /* fused: rows are Q, then K, then V (phi3) */
+    const float *bqkv;           /* [q_dim + 2 kv_dim] biases of Q, K, V (qwen2) */
+    const float *q_norm, *k_norm;/* [head_dim] per-head RMS norms before RoPE (qwen3) */
+    eng_w wo;
+    const float *bo;             /* [n_embd] */
+    const float *attn_post_norm; /* [n_embd] on the attention output (gemma2) */
     const float *ffn_norm;
-    eng_w w_gate, w_up, w_down;
+    eng_w w_gate, w_up, w_down;  /* no w_gate: w_up stacks gate and up rows (phi3) */
+    const float *ffn_post_norm;  /* [n_embd] on the FFN output (gemma2) */
+    int32_t window;              /* sliding attention window of this layer, 0: none */
 } eng_layer;
 
 struct eng_model {
@@ -35,7 +47,9 @@ struct eng_model {
     const float *output_norm;
     eng_w output;       /* == tok_embd when tied */
     eng_layer *layers;
-    float *norm_store;  /* owns every norm vector above */
+    const float *rope_freqs;   /* [n_rot/2] frequency divisors (Llama 3), or NULL */
+    const float *rope_long, *rope_short; /* LongRoPE divisors (phi3), or NULL */
+    float *norm_store;  /* owns every vector above */
     uint64_t decode_weight_bytes;
     qt_type main_type;
     const eng_w **weights; /* by id: every bound weight (they live in the structs above) */
@@ -124,7 +138,11 @@ struct eng_ctx {
     pool *pool;
     kv_cache kv;
     int32_t n_ctx, n_batch, n_past;
-    /* activations for one pass of up to n_batch tokens */
+    /* RoPE as this context applies it (LongRoPE picks its factors by n_ctx).
+     * Re-rotating cached keys must use it with mscale 1. */
+    ops_rope_cfg rope;
+    /* activations for one pass of up to n_batch tokens; with fused weights
+     * q holds Q|K|V rows and ffn_u gate|up rows */
     float *x, *xb, *q, *k, *v, *attn, *ffn_g, *ffn_u;
     float *att_scratch; /* attn_scratch_floats() per thread */
     mm_scratch mm;
