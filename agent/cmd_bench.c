@@ -353,10 +353,11 @@ int cmd_bench(int argc, char **argv)
                 putchar(*s);
         printf("\", \"type\": \"%s\", \"threads\": %d, \"pp_tokens\": %ld, \"pp_tok_s\": %.3f, "
                "\"tg_tokens\": %ld, \"tg_tok_s\": %.3f, \"eff_gbs\": %.3f, \"membw_gbs\": %.3f, "
-               "\"membw_share\": %.4f, \"peak_rss_mb\": %.1f, \"decode_bytes\": %.0f, "
+               "\"membw_share\": %.4f, \"peak_rss_mb\": %.1f, \"repacked_bytes\": %llu, \"decode_bytes\": %.0f, "
                "\"kv_type\": \"%s\", \"kv_bytes_per_token\": %llu}\n",
                type, nth, n_prompt, pp_tok_s, n_gen, tg_tok_s, eff_gbs, membw_gbs, share,
-               peak_rss_mb(mb.n_words * sizeof(uint64_t)), step_bytes, qt_type_name(kv_type),
+               peak_rss_mb(mb.n_words * sizeof(uint64_t)),
+               (unsigned long long)eng_model_repacked_bytes(m), step_bytes, qt_type_name(kv_type),
                (unsigned long long)eng_kv_bytes_per_pos(ctx));
     } else {
         printf("model        %s (%s, %s, %d layers, n_embd %d)\n", base, type, hp->arch_name,
@@ -374,7 +375,10 @@ int cmd_bench(int argc, char **argv)
         }
         printf("KV cache     %s, %llu bytes per token\n", qt_type_name(kv_type),
                (unsigned long long)eng_kv_bytes_per_pos(ctx));
-        printf("peak RSS     %.1f MiB (model and context; the bandwidth buffer excluded)\n", peak_rss_mb(mb.n_words * sizeof(uint64_t)));
+        printf("peak RSS     %.1f MiB (model and context; the bandwidth buffer excluded)\n",
+               peak_rss_mb(mb.n_words * sizeof(uint64_t)));
+        printf("weights      memory-mapped; %llu bytes repacked at load (norms as F32)\n",
+               (unsigned long long)eng_model_repacked_bytes(m));
     }
     status = CLI_OK;
 done:

@@ -84,6 +84,9 @@ const gguf *eng_model_gguf(const eng_model *m);
 /* Bytes of weights one decode step reads: every layer tensor and the output
  * head in full, plus one embedding row. */
 uint64_t eng_model_decode_weight_bytes(const eng_model *m);
+/* Bytes of weights copied out of the file mapping at load (converted or
+ * repacked); everything else is read in place from the mapping. */
+uint64_t eng_model_repacked_bytes(const eng_model *m);
 /* The type most of the weights have (for reports). */
 qt_type eng_model_main_type(const eng_model *m);
 

@@ -428,6 +428,7 @@ static int load_tensors(eng_model *m, char err[256])
 
     const size_t n_vec = vec_floats_bound(hp);
     m->norm_store = malloc(n_vec * sizeof(float));
+    m->repacked_bytes = n_vec * sizeof(float);
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->norm_store || !m->layers) {
         snprintf(err, 256, "%s: out of memory for %d layers", gguf_path(g), hp->n_layer);
@@ -530,4 +531,5 @@ const eng_hparams *eng_model_hparams(const eng_model *m) { return &m->hp; }
 const tok *eng_model_tok(const eng_model *m) { return m->tk; }
 const gguf *eng_model_gguf(const eng_model *m) { return m->g; }
 uint64_t eng_model_decode_weight_bytes(const eng_model *m) { return m->decode_weight_bytes; }
+uint64_t eng_model_repacked_bytes(const eng_model *m) { return m->repacked_bytes; }
 qt_type eng_model_main_type(const eng_model *m) { return m->main_type; }
