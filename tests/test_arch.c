@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "model_impl.h" /* the KV cache rows, for the context-shift test */
 
 #define TOL 2e-2
 enum { N_LAYER = 2, N_EMBD = 64, N_FF = 96, MAX_T = 96 };
@@ -591,6 +592,41 @@ static void every_option_changes_the_logits(void **state)
 }
 
 /* LongRoPE: a context within the original length uses the short factors. */
+/* A context shift must leave the cache as a fresh evaluation of the kept
+ * tokens would: in layer 0, K and V depend on the token alone (and K on its
+ * position through RoPE), so after dropping positions 4..9 of 16 the shifted
+ * cache's layer-0 rows must equal those of a context that evaluated tokens
+ * 0..3 and 10..15 directly. V moves unchanged; K is re-rotated through F32,
+ * so it may differ by one more F16 rounding. */
+static void context_shift_matches_fresh_keys(void **state)
+{
+    fixture *f = *state;
+    char err[256];
+    eng_ctx *a = new_ctx(f, 2, 32), *b = new_ctx(f, 2, 32);
+    assert_int_equal(eng_eval(a, prompt, N_PROMPT, false, err), 0);
+    assert_int_equal(eng_kv_shift(a, 4, 6, err), 0);
+    int32_t kept[10];
+    memcpy(kept, prompt, 4 * sizeof *kept);
+    memcpy(kept + 4, prompt + 10, 6 * sizeof *kept);
+    assert_int_equal(eng_eval(b, kept, 10, false, err), 0);
+    assert_int_equal(eng_n_past(a), 10);
+    const kv_cache *ka = &a->kv, *kb = &b->kv;
+    const qt_traits *tr = qt_get(ka->type);
+    float *x = malloc((size_t)ka->kv_dim * sizeof(float)), *y = malloc((size_t)ka->kv_dim * sizeof(float));
+    for (int32_t p = 0; p < 10; p++) {
+        assert_memory_equal(kv_v_row(ka, 0, p), kv_v_row(kb, 0, p), ka->row_bytes);
+        tr->to_float(kv_k_row(ka, 0, p), x, ka->kv_dim);
+        tr->to_float(kv_k_row(kb, 0, p), y, ka->kv_dim);
+        for (int32_t d = 0; d < ka->kv_dim; d++)
+            if (fabsf(x[d] - y[d]) > 2e-3f * (1.0f + fabsf(y[d])))
+                fail_msg("position %d dim %d: shifted key %g, fresh key %g", p, d, x[d], y[d]);
+    }
+    free(x);
+    free(y);
+    eng_ctx_free(a);
+    eng_ctx_free(b);
+}
+
 static void short_context_uses_short_factors(void **state)
 {
     fixture *f = *state;
@@ -700,7 +736,8 @@ static void qwen3_without_its_k_norm_is_refused(void **state)
     ARCH_TEST(cfg, batch_matches_reference), ARCH_TEST(cfg, token_by_token_matches_reference), \
     ARCH_TEST(cfg, thread_count_does_not_change_logits),                                      \
     ARCH_TEST(cfg, every_option_changes_the_logits),                                          \
-    ARCH_TEST(cfg, hparams_describe_the_architecture)
+    ARCH_TEST(cfg, hparams_describe_the_architecture),                                        \
+    ARCH_TEST(cfg, context_shift_matches_fresh_keys)
 
 int main(void)
 {
