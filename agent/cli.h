@@ -26,6 +26,7 @@ int cmd_perplexity(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_model(int argc, char **argv); /* model info | model synth */
+int cmd_policy(int argc, char **argv); /* policy test | policy reload */
 
 /* After getopt_long returned '?' or ':' (optstrings start with ':' and opterr
  * is 0): one line naming the bad option; returns CLI_USAGE. */

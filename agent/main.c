@@ -23,6 +23,7 @@ static const command commands[] = {
     {"bench", cmd_bench, "measure prefill/decode speed and memory bandwidth"},
     {"quantize", cmd_quantize, "convert a model's weights to another type"},
     {"model", cmd_model, "inspect (info) or make (synth) model files"},
+    {"policy", cmd_policy, "try a routing policy on a request (test); reload it"},
 };
 
 static void usage(FILE *f)
