@@ -27,6 +27,11 @@ int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_model(int argc, char **argv); /* model info | model synth */
 int cmd_policy(int argc, char **argv); /* policy test | policy reload */
+int cmd_serve(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+/* `outpost policy reload`: ask the running agent (cmd_client.c). */
+int cmd_policy_reload(int argc, char **argv);
 
 /* After getopt_long returned '?' or ':' (optstrings start with ':' and opterr
  * is 0): one line naming the bad option; returns CLI_USAGE. */

@@ -23,7 +23,7 @@
 
 static const char usage_text[] =
     "usage: outpost policy test FILE --request JSON [--env JSON] [options]\n"
-    "       outpost policy reload\n"
+    "       outpost policy reload [--socket PATH] [-c CONFIG]\n"
     "\n"
     "test: load the Lua routing policy FILE and print, as one JSON object on\n"
     "stdout, the decision its route(req, env) makes for one request\n"
@@ -50,7 +50,7 @@ static const char usage_text[] =
     "  --repeat N        call route() N times; stderr gets the median and p99\n"
     "  -h, --help        this text\n"
     "\n"
-    "reload: ask the running agent to load its policy again.\n"
+    "reload: ask the running agent (over its socket) to load its policy again.\n"
     "\n"
     "Exit status: 0 ok, 1 the policy failed to load or route (one line on stderr),\n"
     "2 usage error.\n";
@@ -455,9 +455,7 @@ int cmd_policy(int argc, char **argv)
             fputs(usage_text, stdout);
             return CLI_OK;
         }
-        cli_error(cmd, "reload talks to a running agent ('outpost serve'), which this "
-                       "build does not have yet; nothing was reloaded");
-        return CLI_FAIL;
+        return cmd_policy_reload(argc - 1, argv + 1);
     }
     cli_error(cmd, "unknown subcommand '%s' (expected 'test' or 'reload')", argv[1]);
     return CLI_USAGE;

@@ -14,15 +14,18 @@
  * Which type each tensor gets (after llama.cpp's quantizer):
  *  - 1-D tensors (norm weights, biases) are F32: they are tiny and every
  *    token's activations are scaled by them.
- *  - output.weight gets q8_0 when the target has fewer than 6 bits per
- *    weight: the logits of every step come out of it, and llama.cpp likewise
- *    keeps its output tensor at more bits than the rest of a 4/5-bit model.
- *  - token_embd.weight and every other 2-D weight get the target type. This
- *    holds for tied embeddings too (no output.weight, so token_embd also
- *    makes the logits), where llama.cpp would treat token_embd as the output
- *    tensor; we keep the simpler rule until a recipe (q4_k_m) needs more.
- *  - A tensor whose row length is not a whole number of the type's blocks
- *    falls back to q8_0 if that fits, else f16, with one note on stderr.
+ *  - Legacy targets (q4_0 ... q8_0, f16): output.weight gets q8_0 when the
+ *    target has fewer than 6 bits per weight (the logits of every step come
+ *    out of it); token_embd.weight and every other 2-D weight get the
+ *    target type, tied embeddings included.
+ *  - K-quant targets are recipes: mtool_recipe_type applies llama.cpp's
+ *    per-tensor rules (llama_tensor_get_type, for dense models without an
+ *    importance matrix): the output tensor (token_embd when tied) q6_k,
+ *    and attn_v, ffn_down and attn_output more bits in the layers where
+ *    llama.cpp gives them more.
+ *  - A tensor whose row length is not a whole number of its type's blocks
+ *    falls back as llama.cpp's do (q4_k to q5_0, ...; q8_0 for the legacy
+ *    types), else f16, with one note on stderr.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -43,9 +46,20 @@
 
 /* ---- shared with model synth ------------------------------------------- */
 
-/* llama.cpp's LLAMA_FTYPE numbering (llama.h) for general.file_type. The K
- * rows are recipes that mix types per tensor; they are listed so a user who
- * asks for one hears "not supported yet" rather than "unknown". */
+/* llama.cpp's LLAMA_FTYPE numbering (llama.h) for general.file_type. */
+enum {
+    FT_Q2_K = 10,
+    FT_Q3_K_S = 11,
+    FT_Q3_K_M = 12,
+    FT_Q3_K_L = 13,
+    FT_Q4_K_S = 14,
+    FT_Q4_K_M = 15,
+    FT_Q5_K_S = 16,
+    FT_Q5_K_M = 17,
+    FT_Q6_K = 18,
+};
+
+/* The K rows are recipes that mix types per tensor (mtool_recipe_type). */
 static const mtool_target targets[] = {
     {"f32", QT_F32, 0, 32, false},
     {"f16", QT_F16, 1, 16, false},
@@ -55,20 +69,21 @@ static const mtool_target targets[] = {
     {"q4_1", QT_Q4_1, 3, 4, false},
     {"q5_0", QT_Q5_0, 8, 5, false},
     {"q5_1", QT_Q5_1, 9, 5, false},
-    {"q6_k", QT_Q6_K, 18, 6, false},
-    {"q2_k", QT_Q2_K, 10, 2, true},
-    {"q3_k_s", QT_Q3_K, 11, 3, true},
-    {"q3_k_m", QT_Q3_K, 12, 3, true},
-    {"q3_k_l", QT_Q3_K, 13, 3, true},
-    {"q4_k_s", QT_Q4_K, 14, 4, true},
-    {"q4_k_m", QT_Q4_K, 15, 4, true},
-    {"q5_k_s", QT_Q5_K, 16, 5, true},
-    {"q5_k_m", QT_Q5_K, 17, 5, true},
-    /* llama-quantize's short names for the _m recipes */
-    {"q3_k", QT_Q3_K, 12, 3, true},
-    {"q4_k", QT_Q4_K, 15, 4, true},
-    {"q5_k", QT_Q5_K, 17, 5, true},
+    {"q6_k", QT_Q6_K, FT_Q6_K, 6, true},
+    {"q5_k_m", QT_Q5_K, FT_Q5_K_M, 5, true},
+    {"q5_k_s", QT_Q5_K, FT_Q5_K_S, 5, true},
+    {"q4_k_m", QT_Q4_K, FT_Q4_K_M, 4, true},
+    {"q4_k_s", QT_Q4_K, FT_Q4_K_S, 4, true},
+    {"q3_k_l", QT_Q3_K, FT_Q3_K_L, 3, true},
+    {"q3_k_m", QT_Q3_K, FT_Q3_K_M, 3, true},
+    {"q3_k_s", QT_Q3_K, FT_Q3_K_S, 3, true},
+    {"q2_k", QT_Q2_K, FT_Q2_K, 2, true},
+    /* llama-quantize's short names for the _m recipes (not listed) */
+    {"q3_k", QT_Q3_K, FT_Q3_K_M, 3, true},
+    {"q4_k", QT_Q4_K, FT_Q4_K_M, 4, true},
+    {"q5_k", QT_Q5_K, FT_Q5_K_M, 5, true},
 };
+#define N_LISTED_TARGETS (sizeof targets / sizeof targets[0] - 3)
 #define N_TARGETS (sizeof targets / sizeof targets[0])
 
 static const struct {
@@ -85,14 +100,14 @@ static const struct {
 static bool target_available(const mtool_target *t)
 {
     const qt_traits *tr = qt_get(t->type);
-    return !t->mixture && tr && tr->from_float && tr->to_float;
+    return tr && tr->from_float && tr->to_float;
 }
 
 static void list_available(char *buf, size_t cap)
 {
     size_t used = 0;
     buf[0] = '\0';
-    for (size_t i = 0; i < N_TARGETS; i++) {
+    for (size_t i = 0; i < N_LISTED_TARGETS; i++) {
         if (!target_available(&targets[i]))
             continue;
         int n = snprintf(buf + used, cap - used, "%s%s", used ? ", " : "", targets[i].name);
@@ -104,7 +119,7 @@ static void list_available(char *buf, size_t cap)
 
 const mtool_target *mtool_target_parse(const char *cmd, const char *name)
 {
-    char avail[160];
+    char avail[256];
     list_available(avail, sizeof avail);
     for (size_t i = 0; i < N_TARGETS; i++) {
         if (strcasecmp(name, targets[i].name) != 0)
@@ -131,9 +146,149 @@ qt_type mtool_fit_type(qt_type want, int64_t row_len)
 {
     if (qt_row_bytes(want, row_len) != 0)
         return want;
-    if (qt_row_bytes(QT_Q8_0, row_len) != 0)
-        return QT_Q8_0;
-    return QT_F16;
+    qt_type next;
+    switch (want) {
+    case QT_Q2_K:
+    case QT_Q3_K:
+        next = QT_Q4_0;
+        break;
+    case QT_Q4_K:
+        next = QT_Q5_0;
+        break;
+    case QT_Q5_K:
+        next = QT_Q5_1;
+        break;
+    default:
+        next = QT_Q8_0;
+        break;
+    }
+    return qt_row_bytes(next, row_len) != 0 ? next : QT_F16;
+}
+
+/* ---- K-quant recipes ----------------------------------------------------- */
+
+/* llama.cpp's use_more_bits: the first and last eighth of the layers, and
+ * every third layer between, get the recipe's extra bits. */
+static bool use_more_bits(int layer, int n_layer)
+{
+    return layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer - n_layer / 8) % 3 == 2;
+}
+
+/* attn_v and the fused projections that contain it, which llama.cpp treats
+ * alike. */
+static bool is_attn_v(const char *name)
+{
+    return strstr(name, "attn_v.weight") || strstr(name, "attn_qkv.weight") ||
+           strstr(name, "attn_kv_b.weight");
+}
+
+static int layer_of(const char *name)
+{
+    int layer;
+    return sscanf(name, "blk.%d.", &layer) == 1 && layer >= 0 ? layer : 0;
+}
+
+/* The rules of llama.cpp's llama_tensor_get_type (llama-quant.cpp) for the
+ * K recipes, for dense models without an importance matrix; llama.cpp
+ * counts layers by the order of the tensors, which for one attn_v and one
+ * ffn_down per block is the block number used here. */
+qt_type mtool_recipe_type(const mtool_target *target, const mtool_model_shape *m,
+                          const char *name, int64_t row_len)
+{
+    const qt_type base = target->type;
+    const uint32_t ft = target->ftype;
+    const bool token_embd = strcmp(name, "token_embd.weight") == 0;
+    /* the logits come out of the output tensor: q6_k unless its rows do not
+     * fit the recipe's blocks, then q8_0 */
+    if (strcmp(name, "output.weight") == 0 || (token_embd && m->tied_output))
+        return qt_row_bytes(base, row_len) != 0 ? QT_Q6_K : QT_Q8_0;
+    if (token_embd)
+        return base;
+    const int layer = layer_of(name);
+    if (is_attn_v(name)) {
+        switch (ft) {
+        case FT_Q2_K:
+            return m->n_gqa >= 4 ? QT_Q4_K : QT_Q3_K;
+        case FT_Q3_K_M:
+            return layer < 2 ? QT_Q5_K : QT_Q4_K;
+        case FT_Q3_K_L:
+            return QT_Q5_K;
+        case FT_Q4_K_M:
+        case FT_Q5_K_M:
+            return use_more_bits(layer, m->n_attn_v) ? QT_Q6_K : base;
+        case FT_Q4_K_S:
+            return layer < 4 ? QT_Q5_K : base;
+        default:
+            return base;
+        }
+    }
+    if (strstr(name, "ffn_down")) {
+        const int n = m->n_layer;
+        switch (ft) {
+        case FT_Q2_K:
+            return QT_Q3_K;
+        case FT_Q3_K_M:
+            return layer < n / 16 ? QT_Q5_K : QT_Q4_K;
+        case FT_Q3_K_L:
+            return QT_Q5_K;
+        case FT_Q4_K_M:
+        case FT_Q5_K_M:
+            return use_more_bits(layer, n) ? QT_Q6_K : base;
+        case FT_Q4_K_S:
+            return layer < n / 8 ? QT_Q5_K : base;
+        default:
+            return base;
+        }
+    }
+    if (strstr(name, "attn_output.weight")) {
+        switch (ft) {
+        case FT_Q2_K:
+            return QT_Q3_K;
+        case FT_Q3_K_M:
+            return QT_Q4_K;
+        case FT_Q3_K_L:
+            return QT_Q5_K;
+        default:
+            return base;
+        }
+    }
+    return base;
+}
+
+/* The recipe's view of a GGUF model: layer count and heads from the
+ * metadata where present, the rest from the tensor names. */
+static void model_shape(const gguf *g, mtool_model_shape *m)
+{
+    int max_layer = -1;
+    bool has_output = false;
+    memset(m, 0, sizeof *m);
+    for (size_t i = 0; i < gguf_tensor_count(g); i++) {
+        const char *name = gguf_tensor_at(g, i)->name;
+        has_output = has_output || strcmp(name, "output.weight") == 0;
+        if (is_attn_v(name))
+            m->n_attn_v++;
+        int layer;
+        if (sscanf(name, "blk.%d.", &layer) == 1 && layer > max_layer)
+            max_layer = layer;
+    }
+    m->n_layer = max_layer + 1;
+    m->tied_output = !has_output;
+    m->n_gqa = 1;
+    const char *arch = gguf_get_str(g, "general.architecture");
+    if (!arch)
+        return;
+    char key[160];
+    uint64_t v, n_head = 0, n_head_kv = 0;
+    snprintf(key, sizeof key, "%s.block_count", arch);
+    if (gguf_get_u64(g, key, &v) == 0 && v > 0 && v < (1u << 20))
+        m->n_layer = (int)v;
+    snprintf(key, sizeof key, "%s.attention.head_count", arch);
+    gguf_get_u64(g, key, &n_head);
+    snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
+    if (gguf_get_u64(g, key, &n_head_kv) != 0)
+        n_head_kv = n_head;
+    if (n_head > 0 && n_head_kv > 0 && n_head / n_head_kv < (1u << 20))
+        m->n_gqa = (int)(n_head / n_head_kv);
 }
 
 void mtool_note_fallback(const char *name, int64_t row_len, qt_type wanted, qt_type got)
@@ -210,8 +365,21 @@ static const char *const CMD = "quantize";
 
 static void usage(FILE *f)
 {
-    char avail[160];
+    char avail[256], wrapped[320];
     list_available(avail, sizeof avail);
+    /* the list on lines of at most 72 columns, each indented by two */
+    size_t w = 0, col = 2;
+    for (const char *p = avail; *p && w + 4 < sizeof wrapped; p++) {
+        if (*p == ' ' && col > 60) {
+            memcpy(wrapped + w, "\n  ", 3);
+            w += 3;
+            col = 2;
+            continue;
+        }
+        wrapped[w++] = *p;
+        col++;
+    }
+    wrapped[w] = '\0';
     fprintf(f,
         "usage: outpost quantize IN OUT TYPE [-t THREADS]\n"
         "\n"
@@ -222,17 +390,30 @@ static void usage(FILE *f)
         "in memory at a time. One line per tensor and the sizes before and after\n"
         "are printed on stdout.\n"
         "\n"
-        "TYPE is one of: %s.\n"
-        "K-quant recipes (q4_k_m, q5_k_m, ...) are not supported yet.\n"
+        "TYPE is one of:\n"
+        "  %s\n"
+        "(q3_k, q4_k and q5_k are accepted for the _m recipes).\n"
         "\n"
         "Which tensors get which type:\n"
         "  1-D tensors (norm weights)   f32\n"
-        "  output.weight                q8_0 if TYPE has fewer than 6 bits per weight,\n"
-        "                               else TYPE (logits need the precision)\n"
+        "  output.weight                q8_0 for q4_0, q4_1, q5_0, q5_1; q6_k for the\n"
+        "                               K types; else TYPE (logits need the precision)\n"
         "  other 2-D weights            TYPE, including token_embd.weight\n"
-        "A tensor whose row length is not a multiple of TYPE's block size is stored\n"
-        "as q8_0 if its rows are whole q8_0 blocks, else as f16; a note on stderr\n"
-        "names each such tensor.\n"
+        "The K types are llama.cpp's recipes (llama-quantize without an importance\n"
+        "matrix): besides output.weight (token_embd.weight if the model has no\n"
+        "output.weight), they give more bits to\n"
+        "  q4_k_m, q5_k_m   attn_v and ffn_down: q6_k in the first and last eighth of\n"
+        "                   the layers and in every third layer between\n"
+        "  q4_k_s           attn_v of layers 0-3, ffn_down of the first eighth: q5_k\n"
+        "  q3_k_m           attn_v q5_k in layers 0-1, else q4_k; attn_output q4_k;\n"
+        "                   ffn_down q5_k in the first sixteenth, else q4_k\n"
+        "  q3_k_l           attn_v, attn_output, ffn_down: q5_k\n"
+        "  q2_k             attn_v q4_k (q3_k if fewer than 4 heads share a KV head),\n"
+        "                   attn_output and ffn_down q3_k\n"
+        "A tensor whose row length is not a multiple of its type's block size falls\n"
+        "back as llama.cpp's do: q2_k and q3_k to q4_0, q4_k to q5_0, q5_k to q5_1,\n"
+        "q6_k and the other types to q8_0, and to f16 if the rows are not whole\n"
+        "32-element blocks either; a note on stderr names each such tensor.\n"
         "\n"
         "options:\n"
         "  -t, --threads N   compute threads (default: one per core)\n"
@@ -244,9 +425,10 @@ static void usage(FILE *f)
         "exit status: 0 ok, 1 runtime failure (unreadable or malformed input, write\n"
         "error), 2 usage error (bad arguments, unknown TYPE, OUT is IN).\n"
         "\n"
-        "example:\n"
-        "  outpost quantize model-f16.gguf model-q4_0.gguf q4_0\n",
-        avail);
+        "examples:\n"
+        "  outpost quantize model-f16.gguf model-q4_0.gguf q4_0\n"
+        "  outpost quantize model-f16.gguf model-q4_k_m.gguf q4_k_m\n",
+        wrapped);
 }
 
 static bool ends_with(const char *s, const char *suffix)
@@ -276,7 +458,8 @@ typedef struct plan {
     uint64_t size_bytes;
 } plan;
 
-static void plan_tensor(const gguf_tensor *t, const mtool_target *target, plan *pl)
+static void plan_tensor(const gguf_tensor *t, const mtool_target *target,
+                        const mtool_model_shape *shape, plan *pl)
 {
     const qt_traits *src = qt_get((qt_type)t->type);
     qt_type want;
@@ -286,6 +469,8 @@ static void plan_tensor(const gguf_tensor *t, const mtool_target *target, plan *
         want = QT_F32;
     else if (!ends_with(t->name, "weight"))
         want = (qt_type)t->type;
+    else if (target->mixture)
+        want = mtool_recipe_type(target, shape, t->name, t->ne[0]);
     else if (strcmp(t->name, "output.weight") == 0 && target->bits < 6)
         want = QT_Q8_0;
     else
@@ -400,9 +585,11 @@ int cmd_quantize(int argc, char **argv)
      * types, which are set below to match what is written. */
     bool any_quantized = false;
     uint64_t max_bytes = 0;
+    mtool_model_shape shape;
+    model_shape(in, &shape);
     for (size_t i = 0; i < n_tensors; i++) {
         const gguf_tensor *t = gguf_tensor_at(in, i);
-        plan_tensor(t, target, &plans[i]);
+        plan_tensor(t, target, &shape, &plans[i]);
         const qt_traits *tr = qt_get(plans[i].type);
         any_quantized = any_quantized || (tr && tr->is_quantized);
         if (!plans[i].copy && plans[i].size_bytes > max_bytes)

@@ -24,6 +24,9 @@ static const command commands[] = {
     {"quantize", cmd_quantize, "convert a model's weights to another type"},
     {"model", cmd_model, "inspect (info) or make (synth) model files"},
     {"policy", cmd_policy, "try a routing policy on a request (test); reload it"},
+    {"serve", cmd_serve, "run the agent: the OpenAI-compatible API on a socket"},
+    {"chat", cmd_chat, "send a message to the running agent and print the reply"},
+    {"status", cmd_status, "show whether the agent is up, its models and counters"},
 };
 
 static void usage(FILE *f)

@@ -20,11 +20,26 @@
 /* One type name a user may pass to quantize/synth. */
 typedef struct mtool_target {
     const char *name; /* "q4_0", as users type it */
-    qt_type type;     /* what the 2-D weights are stored as */
+    qt_type type;     /* what the 2-D weights are stored as (a recipe's base) */
     uint32_t ftype;   /* llama.cpp's LLAMA_FTYPE number, for general.file_type */
     int bits;         /* nominal bits per weight, for the output-tensor rule */
-    bool mixture;     /* a per-tensor recipe (q4_k_m): not implemented yet */
+    bool mixture;     /* a K-quant recipe: mtool_recipe_type picks per tensor */
 } mtool_target;
+
+/* What a recipe needs to know of the model it quantizes. */
+typedef struct mtool_model_shape {
+    int n_layer;      /* <arch>.block_count */
+    int n_attn_v;     /* attn_v (or fused attn_qkv) tensors in the model */
+    int n_gqa;        /* attention heads per KV head */
+    bool tied_output; /* no output.weight: token_embd also makes the logits */
+} mtool_model_shape;
+
+/* The type llama.cpp's recipe for target (a mixture) gives the 2-D weight
+ * `name` with rows of row_len elements, before the block-size fallback:
+ * more bits for the output tensor and, depending on the recipe, for
+ * attn_v, ffn_down and attn_output in some layers. */
+qt_type mtool_recipe_type(const mtool_target *target, const mtool_model_shape *m,
+                          const char *name, int64_t row_len);
 
 /* The row for name (case-insensitive), or NULL after printing one line for
  * cmd: unknown names list the supported ones; names llama.cpp knows that we
@@ -35,8 +50,10 @@ const mtool_target *mtool_target_parse(const char *cmd, const char *name);
 const char *mtool_ftype_name(uint32_t ftype);
 
 /* The type a tensor with rows of row_len elements is stored as when want is
- * asked for: want if the rows are whole blocks of it, else q8_0 if they are
- * whole q8_0 blocks, else f16 (block size 1, so always). */
+ * asked for: want if the rows are whole blocks of it; else, as llama.cpp
+ * falls back, q4_0 for q2_k/q3_k, q5_0 for q4_k, q5_1 for q5_k and q8_0 for
+ * q6_k and every other type, if the rows are whole blocks of that; else f16
+ * (block size 1, so always). */
 qt_type mtool_fit_type(qt_type want, int64_t row_len);
 
 /* The one-line note on stderr for a tensor mtool_fit_type moved off the

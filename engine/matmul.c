@@ -1,16 +1,30 @@
 /*
  * matmul.c - weight x activation products for a batch of tokens.
  *
- * The activations are quantized once to the weights' vec_dot_type (Q8_0 or
- * Q8_1 blocks for quantized weights: 4-bit or 8-bit weights meet 8-bit
- * activations in integer dot products), split across threads by row. Then
- * every thread takes a contiguous range of the concatenated output rows of
- * all jobs and walks it in tiles of MM_TILE_ROWS weight rows: a tile stays in
- * cache while it meets each token of the batch, so a prompt of n tokens reads
- * the weights from memory once, not n times.
+ * The activations are quantized once to the weights' vec_dot_type (Q8_0,
+ * Q8_1 or Q8_K blocks for quantized weights: 4-bit or 8-bit weights meet
+ * 8-bit activations in integer dot products), split across threads by row.
+ * Then each weight matrix is cut into fixed tiles of rows, numbered across
+ * all jobs, and every thread takes a contiguous range of tiles, so each
+ * thread streams one stretch of memory front to back (handing tiles out
+ * from a shared counter instead interleaved the threads' streams and cost
+ * a tenth of decode speed; letting an idle thread take the last tiles of a
+ * busy one cost a twentieth, as those lines were already on their way to
+ * the other core; both measured). A tile stays in cache while it meets
+ * each token of the batch, so a prompt of n tokens reads the weights from
+ * memory once, not n times.
  *
- * Each output element is one vec_dot call made by exactly one thread, so the
- * result is the same for every thread count.
+ * Where the weights' row has a gemm kernel, a tile is gemm_rows rows and
+ * meets the batch gemm_cols tokens per call: the kernel unpacks each weight
+ * block once for several tokens and loads each activation block once for
+ * several rows (for one token, decode, it still shares the activation work
+ * across rows). Elsewhere a tile is MM_TILE_ROWS rows and each output is one
+ * vec_dot call.
+ *
+ * Tile boundaries depend only on the matrix, the batch size and the kernel,
+ * never on the thread count, and each tile is computed whole by one thread
+ * with the same arguments whichever thread it is, so the result is the same
+ * for every thread count.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +44,8 @@ typedef struct mm_task {
     const qt_traits *wt, *xt;
     const uint8_t *xq; /* quantized activations, or x itself for F32 */
     size_t xq_row_bytes;
-    int64_t total_rows;
+    int64_t tile_rows;  /* rows per tile */
+    int64_t total_tiles;
 } mm_task;
 
 static void mm_quantize(void *arg, int ith, int nth)
@@ -42,30 +57,46 @@ static void mm_quantize(void *arg, int ith, int nth)
         t->xt->from_float(t->x + i * t->ne0, (uint8_t *)t->xq + i * t->xq_row_bytes, t->ne0);
 }
 
+/* Rows r0 .. r1 of w against every token. */
+static void mm_tile(const mm_task *t, const eng_w *w, float *y, int64_t r0, int64_t r1)
+{
+    const qt_traits *wt = t->wt;
+    const uint8_t *wr = w->data + (size_t)r0 * w->row_bytes;
+    if (wt->gemm) {
+        for (int32_t tok = 0; tok < t->n; tok += wt->gemm_cols) {
+            int nt = t->n - tok < wt->gemm_cols ? t->n - tok : wt->gemm_cols;
+            wt->gemm(w->ne0, y + (size_t)tok * (size_t)w->ne1 + (size_t)r0, (size_t)w->ne1, wr,
+                     w->row_bytes, (int)(r1 - r0), t->xq + (size_t)tok * t->xq_row_bytes,
+                     t->xq_row_bytes, nt);
+        }
+        return;
+    }
+    for (int32_t tok = 0; tok < t->n; tok++) {
+        const uint8_t *xr = t->xq + (size_t)tok * t->xq_row_bytes;
+        float *yr = y + (size_t)tok * (size_t)w->ne1;
+        for (int64_t r = r0; r < r1; r++)
+            wt->vec_dot(w->ne0, &yr[r], w->data + (size_t)r * w->row_bytes, xr);
+    }
+}
+
 static void mm_compute(void *arg, int ith, int nth)
 {
     mm_task *t = arg;
     long b, e;
-    pool_range(t->total_rows, ith, nth, &b, &e);
-    qt_vec_dot_fn dot = t->wt->vec_dot;
-    int64_t base = 0;
+    pool_range(t->total_tiles, ith, nth, &b, &e);
+    const int64_t R = t->tile_rows;
+    int64_t base = 0; /* first tile number of job j */
     for (int j = 0; j < t->n_jobs && b < e; j++) {
         const eng_w *w = t->jobs[j].w;
-        float *y = t->jobs[j].y;
+        int64_t tiles = (w->ne1 + R - 1) / R;
         int64_t lo = b > base ? b - base : 0;
-        int64_t hi = e - base < w->ne1 ? e - base : w->ne1;
-        for (int64_t r0 = lo; r0 < hi; r0 += MM_TILE_ROWS) {
-            int64_t r1 = r0 + MM_TILE_ROWS < hi ? r0 + MM_TILE_ROWS : hi;
-            for (int32_t tok = 0; tok < t->n; tok++) {
-                const uint8_t *xr = t->xq + (size_t)tok * t->xq_row_bytes;
-                float *yr = y + (size_t)tok * (size_t)w->ne1;
-                for (int64_t r = r0; r < r1; r++)
-                    dot(w->ne0, &yr[r], w->data + (size_t)r * w->row_bytes, xr);
-            }
+        int64_t hi = e - base < tiles ? e - base : tiles;
+        for (int64_t k = lo; k < hi; k++) {
+            int64_t r0 = k * R;
+            int64_t r1 = r0 + R < w->ne1 ? r0 + R : w->ne1;
+            mm_tile(t, w, t->jobs[j].y, r0, r1);
         }
-        base += w->ne1;
-        if (base >= e)
-            break;
+        base += tiles;
     }
 }
 
@@ -78,13 +109,14 @@ int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *
     }
     mm_task t = {.jobs = jobs, .n_jobs = n_jobs, .x = x, .n = n, .ne0 = jobs[0].w->ne0};
     t.wt = qt_get(jobs[0].w->type);
+    t.tile_rows = t.wt->gemm ? t.wt->gemm_rows : MM_TILE_ROWS;
     for (int j = 0; j < n_jobs; j++) {
         if (jobs[j].w->type != jobs[0].w->type || jobs[j].w->ne0 != t.ne0) {
             snprintf(err, 256, "matmul: %s and %s differ in type or width", jobs[0].w->name,
                      jobs[j].w->name);
             return ENG_EUSAGE;
         }
-        t.total_rows += jobs[j].w->ne1;
+        t.total_tiles += (jobs[j].w->ne1 + t.tile_rows - 1) / t.tile_rows;
     }
     t.xt = qt_get(t.wt->vec_dot_type);
     if (t.wt->vec_dot_type == QT_F32) {

@@ -5,7 +5,8 @@
  * qt_traits: block size, block bytes, to_float, from_float, and a dot product
  * against the row's activation type (vec_dot_type). Quantized weights are
  * multiplied with activations that were quantized to 8 bits per block
- * (Q8_0 or Q8_1), so the inner loops are integer dot products.
+ * (Q8_0, Q8_1, or Q8_K for the K-quants), so the inner loops are integer dot
+ * products.
  *
  * Each row exists once per implementation: the scalar reference (portable C,
  * the definition of correct) and SIMD variants chosen at run time from the
@@ -52,6 +53,11 @@ typedef enum qt_impl {
     QT_IMPL_BEST = 0, /* fastest this CPU runs */
     QT_IMPL_SCALAR,   /* portable reference */
     QT_IMPL_AVX2,     /* x86-64 AVX2 + FMA + F16C */
+    QT_IMPL_AVX512,   /* x86-64 AVX-512 F/BW/VL/DQ + VNNI (on top of AVX2) */
+    QT_IMPL_NEON,     /* AArch64 Advanced SIMD, ARMv8.0 (every 64-bit Arm core) */
+    QT_IMPL_NEON_DOTPROD, /* NEON with the ARMv8.2 dot product extension (SDOT) */
+    QT_IMPL_AMX,      /* x86-64 AVX-512 row with AMX-INT8 gemm tiles for prompts */
+    QT_IMPL_AVXVNNI,  /* x86-64 AVX2 row with AVX-VNNI gemm tiles (no AVX-512) */
 } qt_impl;
 
 /* Dequantize n elements (n a multiple of block_elems). */
@@ -98,7 +104,7 @@ const char *qt_impl_name(qt_impl impl);
 qt_impl qt_best_impl(void);
 
 /* Block geometry of any type a GGUF file may hold, including types with no
- * kernels here (K-quants, integers); false for an unknown id. */
+ * kernels here (integers, F64); false for an unknown id. */
 bool qt_block_size(qt_type t, uint32_t *elems, uint32_t *bytes);
 
 /* Bytes of a row of n elements, or 0 if n is not a multiple of the block size

@@ -11,9 +11,14 @@
  * nothing on the CPUs we target.
  *
  * Naming: qt_<type>_<op> is the portable reference kernel (quant_float.c,
- * quant_q4.c, quant_q5.c, quant_q8.c); qt_avx2_<type>_<op> is its AVX2 twin
- * in quant_avx2.c, which alone is compiled with -mavx2 -mfma -mf16c and may
- * only be called after quant.c's CPU probe said yes.
+ * quant_q4.c, quant_q5.c, quant_q8.c, quant_k.c); qt_avx2_<type>_<op> is its
+ * AVX2 twin in quant_avx2.c or quant_avx2_k.c, which alone are compiled with
+ * -mavx2 -mfma -mf16c and may only be called after quant.c's CPU probe said
+ * yes (quant_avx2_gemm.c adds its gemm tiles); qt_avx512_<type>_<op> comes
+ * from quant_avx512.c and quant_avx512_k.c (AVX-512 + VNNI) and
+ * qt_amx_<type>_gemm from quant_amx.c, under the same rule. On AArch64, qt_neon_<type>_<op> (ARMv8.0 NEON) and qt_neondp_<type>_<op>
+ * (its 8-bit dots on SDOT, for cores with HWCAP_ASIMDDP) both come from
+ * quant_neon.c, built once for each.
  */
 #ifndef OUTPOST_QUANT_IMPL_H
 #define OUTPOST_QUANT_IMPL_H
@@ -72,12 +77,91 @@ typedef struct QT_PACKED qt_block_q5_1 {
     uint8_t qs[QT_QK / 2];
 } qt_block_q5_1;
 
+/* ---- K-quants: super-blocks of 256 (ggml's QK_K) ------------------------
+ * A super-block holds 16 sub-blocks of 16 or 8 of 32 elements, each with its
+ * own small integer scale (and min) that multiplies the super-block's fp16 d
+ * (and dmin). Element order inside the packed arrays is ggml's; the comment
+ * of each struct says where element e (0..255) lives. */
+#define QT_QK_K 256
+
+/* ggml block_q2_K: code e is bits 2*((e % 128) / 32) of qs[32 * (e / 128) +
+ * e % 32]; scales[e / 16] holds that sub-block's scale (low nibble) and min
+ * (high nibble); x = d * scale * code - dmin * min. */
+typedef struct QT_PACKED qt_block_q2_k {
+    uint8_t scales[QT_QK_K / 16];
+    uint8_t qs[QT_QK_K / 4];
+    uint16_t d;    /* fp16 */
+    uint16_t dmin; /* fp16 */
+} qt_block_q2_k;
+
+/* ggml block_q3_K: the low two bits of code e sit as in Q2_K; its third bit
+ * is bit 4 * (e / 128) + (e % 128) / 32 of hmask[e % 32], and a clear bit
+ * means minus 4, so x = d * (scale - 32) * (low2 - (bit ? 0 : 4)). The 16
+ * 6-bit scales pack into 12 bytes: low nibbles of 0..7 in bytes 0..7, of
+ * 8..15 in the high nibbles of bytes 0..7, and the top two bits of scale j
+ * at bits 2 * (j / 4) of byte 8 + j % 4. */
+typedef struct QT_PACKED qt_block_q3_k {
+    uint8_t hmask[QT_QK_K / 8];
+    uint8_t qs[QT_QK_K / 4];
+    uint8_t scales[12];
+    uint16_t d;
+} qt_block_q3_k;
+
+/* ggml block_q4_K: 8 sub-blocks of 32. Code e is the low nibble of
+ * qs[32 * (e / 64) + e % 32] for e % 64 < 32, else its high nibble. The
+ * 6-bit scale and min of sub-block j pack into 12 bytes: for j < 4 the low
+ * six bits of bytes j and j + 4; for j >= 4 the nibbles of byte j + 4
+ * (scale low, min high) with their top two bits in bits 6-7 of bytes j - 4
+ * (scale) and j (min). x = d * scale * code - dmin * min. */
+typedef struct QT_PACKED qt_block_q4_k {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qs[QT_QK_K / 2];
+} qt_block_q4_k;
+
+/* ggml block_q5_K: Q4_K plus a fifth bit per code: bit e / 32 of
+ * qh[e % 32]. */
+typedef struct QT_PACKED qt_block_q5_k {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qh[QT_QK_K / 8];
+    uint8_t qs[QT_QK_K / 2];
+} qt_block_q5_k;
+
+/* ggml block_q6_K: with c = e / 128, k = (e % 128) / 32, l = e % 32, the
+ * low four bits of code e are nibble k / 2 of ql[64 * c + 32 * (k % 2) + l]
+ * and the top two bits 2 * k .. 2 * k + 1 of qh[32 * c + l];
+ * x = d * scales[e / 16] * (code - 32). */
+typedef struct QT_PACKED qt_block_q6_k {
+    uint8_t ql[QT_QK_K / 2];
+    uint8_t qh[QT_QK_K / 4];
+    int8_t scales[QT_QK_K / 16];
+    uint16_t d;
+} qt_block_q6_k;
+
+/* ggml block_q8_K: activations for every K-quant dot. x = qs * d with d in
+ * fp32; bsums[j] is the sum of qs[16 j .. 16 j + 15], which turns the
+ * weights' mins and offsets into one short dot per super-block. */
+typedef struct QT_PACKED qt_block_q8_k {
+    float d;
+    int8_t qs[QT_QK_K];
+    int16_t bsums[QT_QK_K / 16];
+} qt_block_q8_k;
+
 _Static_assert(sizeof(qt_block_q8_0) == 34, "Q8_0 block is 34 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q8_1) == 36, "Q8_1 block is 36 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q4_0) == 18, "Q4_0 block is 18 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q4_1) == 20, "Q4_1 block is 20 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q5_0) == 22, "Q5_0 block is 22 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q5_1) == 24, "Q5_1 block is 24 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q2_k) == 84, "Q2_K block is 84 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q3_k) == 110, "Q3_K block is 110 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q4_k) == 144, "Q4_K block is 144 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q5_k) == 176, "Q5_K block is 176 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q6_k) == 210, "Q6_K block is 210 bytes in GGUF");
+_Static_assert(sizeof(qt_block_q8_k) == 292, "Q8_K block is 292 bytes");
 
 static inline uint32_t qt_f32_bits(float f)
 {
@@ -196,6 +280,25 @@ void qt_q5_1_to_float(const void *restrict src, float *restrict dst, int64_t n);
 void qt_q5_1_from_float(const float *restrict src, void *restrict dst, int64_t n);
 void qt_q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 
+/* K-quants (quant_k.c); every weight type dots against Q8_K. */
+void qt_q2_k_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q2_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q3_k_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q3_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q4_k_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q4_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q4_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q5_k_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q5_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q6_k_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q6_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q8_k_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q8_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+
 #ifdef OUTPOST_HAVE_AVX2
 /* AVX2 + FMA + F16C kernels (quant_avx2.c). The 8-bit dots assume the
  * activation codes lie in -127..127, which every qt_ quantizer guarantees. */
@@ -216,6 +319,126 @@ void qt_avx2_q4_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, 
 void qt_avx2_q4_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void qt_avx2_q5_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void qt_avx2_q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+/* K-quant dots and the Q8_K quantizer (quant_avx2_k.c, same flags). */
+void qt_avx2_q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q4_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx2_q8_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+#endif
+
+#ifdef OUTPOST_HAVE_AVX2
+/* AVX2 gemm tiles for prompt batches (quant_avx2_gemm.c, same flags as
+ * quant_avx2.c); one token falls back to the AVX2 dot row by row. */
+void qt_avx2_q4_0_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                       size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx2_q8_0_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                       size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+/* The same tiles built with -mavxvnni (one vpdpbusd per step), for CPUs
+ * with AVX-VNNI; quant.c checks CPUID before handing them out (only built
+ * when the compiler knows -mavxvnni: OUTPOST_HAVE_AVXVNNI). */
+void qt_avx2_q4_0_gemm_avxvnni(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                               size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx2_q8_0_gemm_avxvnni(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                               size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+#define QT_AVX2_GEMM_ROWS 64
+#define QT_AVX2_GEMM_COLS 16
+#endif
+
+#ifdef OUTPOST_HAVE_AVX512
+/* AVX-512 F/BW/VL/DQ + VNNI kernels (quant_avx512.c, K-quants in
+ * quant_avx512_k.c); callable only after
+ * quant.c's probe saw those features. qt_avx512_init() fills their fp16
+ * table and runs once, before any AVX-512 row is handed out. */
+void qt_avx512_init(void);
+void qt_avx512_f32_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_f16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_avx512_f16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx512_f16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_bf16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_avx512_bf16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx512_bf16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q8_0_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx512_q8_1_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx512_q8_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q4_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q4_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q5_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q4_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_avx512_q8_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx512_q4_0_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                         size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_q8_0_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                         size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_q4_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                         size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_q5_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                         size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_q6_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                         size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+/* Largest tile the AVX-512 gemm kernels take (rows, tokens). */
+#define QT_AVX512_GEMM_ROWS 64
+#define QT_AVX512_GEMM_COLS 16
+#define QT_AVX512_KGEMM_ROWS 64
+#define QT_AVX512_KGEMM_COLS 16
+#endif
+
+#ifdef OUTPOST_HAVE_AMX
+/* AMX-TILE + AMX-INT8 gemm tiles (quant_amx.c), on top of the AVX-512 row;
+ * callable only after quant.c's probe saw AMX and got the kernel's leave to
+ * use tile data. Batches of fewer than 16 tokens go to the AVX-512 kernels. */
+void qt_amx_q4_0_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                      size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_amx_q8_0_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                      size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_amx_q4_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                      size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_amx_q5_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                      size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+#define QT_AMX_GEMM_ROWS 64
+#define QT_AMX_GEMM_COLS 128
+#endif
+
+#ifdef OUTPOST_HAVE_NEON
+/* AArch64 NEON kernels (quant_neon.c, built twice). qt_neon_* need only
+ * ARMv8.0 Advanced SIMD; qt_neondp_* are the same 8-bit dots on SDOT and
+ * may only be called after quant.c's probe saw HWCAP_ASIMDDP. */
+void qt_neon_f32_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_f16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_neon_f16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_neon_f16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_bf16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_neon_bf16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_neon_bf16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q8_0_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_neon_q8_1_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_neon_q8_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_neon_q8_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q4_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q4_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q5_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q4_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neon_q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q8_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q4_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q4_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q5_0_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q4_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_neondp_q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 #endif
 
 #endif

@@ -178,7 +178,7 @@ static void get_returns_null_for_unknown_and_storage_only_types(void **state)
     (void)state;
     assert_null(qt_get((qt_type)4));
     assert_null(qt_get((qt_type)5));
-    assert_null(qt_get(QT_Q6_K));
+    assert_null(qt_get(QT_F64));
     assert_null(qt_get(QT_I32));
     assert_null(qt_get(QT_TYPE_COUNT));
     assert_null(qt_get((qt_type)-1));
@@ -284,7 +284,11 @@ static void no_simd_env_forces_scalar_rows(void **state)
     run_self_best_impl("1", out, sizeof out);
     assert_string_equal(out, "scalar");
     run_self_best_impl(NULL, out, sizeof out);
-    const char *want = qt_get_impl(QT_Q4_0, QT_IMPL_AVX2) ? "avx2" : "scalar";
+    const char *want = qt_get_impl(QT_Q4_0, QT_IMPL_AMX)      ? "amx"
+                       : qt_get_impl(QT_Q4_0, QT_IMPL_AVX512) ? "avx512"
+                       : qt_get_impl(QT_Q4_0, QT_IMPL_AVXVNNI) ? "avxvnni"
+                       : qt_get_impl(QT_Q4_0, QT_IMPL_AVX2)   ? "avx2"
+                                                               : "scalar";
     assert_string_equal(out, want);
     run_self_best_impl("0", out, sizeof out);
     assert_string_equal(out, want);

@@ -157,12 +157,66 @@ tensor_type "$WORK/out" "blk.2.attn_v.weight" q4_0
 tensor_type "$WORK/out" "blk.2.ffn_down.weight" f16
 pass "quantize q8_0 -> q4_0 re-quantizes a quantized model"
 
+# ---- K-quant recipes on stories260K: rows of 64 and 172 fit no 256-block ---------
+# Every 2-D weight falls back as llama.cpp's quantizer does (q2_k/q3_k -> q4_0,
+# q4_k -> q5_0, q5_k -> q5_1, q6_k -> q8_0; rows of 172 -> f16), and the
+# output tensor gets q8_0 directly (its rows do not fit the recipe's blocks).
+# ktype TYPE TENSOR: the type TENSOR gets under recipe TYPE in stories260K.
+ktype() {
+    local t="$1" name="$2" fb
+    case "$t" in
+    q2_k) fb=q4_0 ;; q3_k_*) fb=q4_0 ;; q4_k_*) fb=q5_0 ;; q5_k_*) fb=q5_1 ;; q6_k) fb=q8_0 ;;
+    esac
+    case "$name" in
+    output.weight) echo q8_0; return ;;
+    *ffn_down*) echo f16; return ;;
+    esac
+    # the layers and tensors the recipes give more bits (use_more_bits over 5
+    # layers picks 2 and 4; stories260K has 2 query heads per KV head)
+    case "$t:$name" in
+    q4_k_m:blk.[24].attn_v.* | q5_k_m:blk.[24].attn_v.*) echo q8_0 ;;  # q6_k
+    q4_k_s:blk.[0-3].attn_v.*) echo q5_1 ;;                           # q5_k
+    q3_k_m:blk.[01].attn_v.* | q3_k_l:*attn_v.* | q3_k_l:*attn_output.*) echo q5_1 ;;
+    q3_k_m:*attn_v.* | q3_k_m:*attn_output.*) echo q5_0 ;;             # q4_k
+    *) echo "$fb" ;;
+    esac
+}
+declare -A kftype=([q2_k]=10 [q3_k_s]=11 [q3_k_m]=12 [q3_k_l]=13 [q4_k_s]=14 [q4_k_m]=15
+                   [q5_k_s]=16 [q5_k_m]=17 [q6_k]=18)
+for t in q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k; do
+    out="$WORK/s-$t.gguf"
+    run 0 "$OUTPOST_BIN" quantize -t 2 "$MODEL" "$out" "$t"
+    has "$WORK/out" '^file size: [0-9.]+ MiB -> [0-9.]+ [KM]iB \([0-9.]+x smaller, [0-9.]+% reduction\)$' \
+        "quantize $t: size summary"
+    # 36 of the 37 matrices fall back (all but output.weight), one note each
+    notes=$(grep -c '^note: .*: row length \(64\|172\) is not a multiple of 256, kept as ' "$WORK/err" || true)
+    [[ "$notes" == 36 ]] || fail "quantize $t: expected 36 fallback notes, got $notes"
+    lacks "$WORK/err" '^note: output\.weight' "quantize $t: output.weight needs no fallback note"
+    run 0 "$OUTPOST_BIN" model info "$out"
+    has "$WORK/out" "^  file type +MOSTLY_[A-Z0-9_]+ \\(${kftype[$t]}\\)$" "quantize $t: general.file_type"
+    lacks "$WORK/out" '^  [a-z0-9_.]+ +\[[0-9, ]+\] +q[2-6]_k ' "quantize $t: no tensor can be a K type"
+    for name in token_embd.weight output.weight blk.0.attn_q.weight blk.1.attn_v.weight \
+        blk.2.attn_v.weight blk.3.attn_v.weight blk.4.attn_v.weight blk.0.attn_output.weight \
+        blk.3.ffn_gate.weight blk.4.ffn_up.weight blk.2.ffn_down.weight; do
+        tensor_type "$WORK/out" "$name" "$(ktype "$t" "$name")"
+    done
+    tensor_type "$WORK/out" "blk.0.attn_norm.weight" f32
+    pass "quantize stories260K to $t: llama.cpp's recipe, every fallback noted"
+done
+(( $(size "$WORK/s-q2_k.gguf") < $(size "$WORK/s-q4_k_m.gguf") )) || fail "q2_k is not smaller than q4_k_m"
+(( $(size "$WORK/s-q4_k_m.gguf") < $(size "$WORK/s-q6_k.gguf") )) || fail "q4_k_m is not smaller than q6_k"
+
+# The fallen-back model runs and scores.
+run 0 "$OUTPOST_BIN" run -m "$WORK/s-q4_k_m.gguf" -p "Once upon a time" -n 16 --temp 0 -t 2
+[[ $(wc -w <"$WORK/out") -ge 4 ]] || fail "run on the q4_k_m model printed almost nothing"
+run 0 "$OUTPOST_BIN" perplexity -m "$WORK/s-q4_k_m.gguf" -f "$OUTPOST_SHARED/eval/tinytales.txt" -c 128 -t 2
+has "$WORK/out" '^PPL = [0-9]+\.[0-9]+$' "perplexity of the q4_k_m model"
+pass "stories260K q4_k_m: run generates text, perplexity runs"
+
 # ---- quantize errors -----------------------------------------------------------
 run 2 "$OUTPOST_BIN" quantize "$MODEL" "$WORK/bad.gguf" q9_9
 has "$WORK/err" "unknown type 'q9_9'" "bad type message"
 [[ $(wc -l <"$WORK/err") == 1 ]] || fail "bad type: expected one line on stderr"
-run 2 "$OUTPOST_BIN" quantize "$MODEL" "$WORK/bad.gguf" q4_k_m
-has "$WORK/err" "type q4_k_m is not supported yet" "K-quant recipe message"
 run 1 "$OUTPOST_BIN" quantize "$WORK/does-not-exist.gguf" "$WORK/bad.gguf" q4_0
 has "$WORK/err" "does-not-exist\.gguf: cannot open" "missing input message"
 [[ $(wc -l <"$WORK/err") == 1 ]] || fail "missing input: expected one line on stderr"
@@ -223,6 +277,48 @@ lacks "$WORK/out" '^  output\.weight ' "smol has tied output"
 has "$WORK/out" '^  blk\.29\.attn_v\.weight +\[576, 192\] +q8_0 ' "smol attn_v"
 has "$WORK/out" '^  blk\.29\.ffn_down\.weight +\[1536, 576\] +q8_0 ' "smol ffn_down"
 pass "synth smol-135m: shape, n_vocab 32000, tied output"
+
+# ---- K-quants on smol-135m: rows of 1536 (ffn_down) are whole 256-blocks -----------
+# q4_k_m over 30 layers: ffn_down and attn_v get q6_k in layers 0-2, 26-29 and
+# every third layer from 5 (use_more_bits); rows of 576 fall back (q4_k ->
+# q5_0, q6_k -> q8_0); the tied token_embd makes the logits: q8_0.
+# smol_k4m INFO: the q4_k_m types of smol-135m.
+smol_k4m() {
+    tensor_type "$1" "token_embd.weight" q8_0
+    tensor_type "$1" "blk.0.ffn_down.weight" q6_k
+    tensor_type "$1" "blk.2.ffn_down.weight" q6_k
+    tensor_type "$1" "blk.3.ffn_down.weight" q4_k
+    tensor_type "$1" "blk.5.ffn_down.weight" q6_k
+    tensor_type "$1" "blk.25.ffn_down.weight" q4_k
+    tensor_type "$1" "blk.26.ffn_down.weight" q6_k
+    tensor_type "$1" "blk.29.ffn_down.weight" q6_k
+    tensor_type "$1" "blk.0.attn_v.weight" q8_0
+    tensor_type "$1" "blk.4.attn_v.weight" q5_0
+    tensor_type "$1" "blk.8.attn_v.weight" q8_0
+    tensor_type "$1" "blk.7.attn_q.weight" q5_0
+    tensor_type "$1" "blk.7.ffn_gate.weight" q5_0
+    has "$1" '^  file type +MOSTLY_Q4_K_M \(15\)$' "smol q4_k_m file type"
+}
+run 0 "$OUTPOST_BIN" quantize -t 2 "$WORK/smol.gguf" "$WORK/smol-q4_k_m.gguf" q4_k_m
+has "$WORK/out" '^\[ *[0-9]+/ 272\] blk\.0\.ffn_down\.weight +\[1536, 576\] +q8_0 -> q6_k ' \
+    "quantize smol q4_k_m: ffn_down line"
+has "$WORK/err" '^note: blk\.3\.attn_v\.weight: row length 576 is not a multiple of 256, kept as q5_0$' \
+    "quantize smol q4_k_m: attn_v fallback note"
+lacks "$WORK/err" 'ffn_down' "quantize smol q4_k_m: ffn_down needs no fallback"
+run 0 "$OUTPOST_BIN" model info "$WORK/smol-q4_k_m.gguf"
+smol_k4m "$WORK/out"
+run 0 "$OUTPOST_BIN" model synth --shape smol-135m --type q4_k_m --vocab "$VOCAB" \
+    -o "$WORK/smol-synth-q4_k_m.gguf" -t 2
+run 0 "$OUTPOST_BIN" model info "$WORK/smol-synth-q4_k_m.gguf"
+smol_k4m "$WORK/out"
+pass "smol-135m q4_k_m (quantize and synth): llama.cpp's recipe with K types where rows fit"
+
+run 0 "$OUTPOST_BIN" run -m "$WORK/smol-q4_k_m.gguf" -p "Once upon a time" -n 8 --temp 0 -t 2
+[[ -s "$WORK/out" ]] || fail "run on smol q4_k_m printed nothing"
+run 0 "$OUTPOST_BIN" perplexity -m "$WORK/smol-q4_k_m.gguf" -f "$OUTPOST_SHARED/eval/tinytales.txt" \
+    -c 128 --chunks 1 -t 2
+has "$WORK/out" '^PPL = [0-9]+\.[0-9]+$' "perplexity of smol q4_k_m"
+pass "smol-135m q4_k_m: run generates, perplexity runs"
 
 run 0 "$OUTPOST_BIN" model synth --shape stories260k --type q4_0 --vocab "$VOCAB" \
     -o "$WORK/syn260k-again.gguf" --seed 42 -t 1

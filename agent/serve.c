@@ -1,0 +1,540 @@
+/*
+ * serve.c - `outpost serve`: the agent in the foreground, as systemd runs it.
+ *
+ * Start-up order matters for health checks: the configuration is built and
+ * checked first (a bad one is a usage error before anything is touched),
+ * then the store, PII detector and policy, then the listeners, which answer
+ * /health with 503 while the models load and warm up; only then does the
+ * agent report ready (200, and READY=1 to systemd).
+ *
+ * Signals are blocked in every thread and taken synchronously by the main
+ * thread, which otherwise sleeps: SIGTERM/SIGINT drain (no new connections,
+ * requests in flight get limits.drain_timeout_s to finish, the rest are
+ * cancelled at their next token) and exit 0; SIGHUP reloads what can change
+ * without a restart: the policy (from the configured file, or the file the
+ * reloaded config names), the allowed peers and the TCP API key. Models,
+ * listeners and the state directory need a restart; a reload that changes
+ * them says so. POST /v1/policy/reload runs the same reload.
+ *
+ * sd_notify is the NOTIFY_SOCKET datagram protocol written out here
+ * (READY=1, RELOADING=1, STOPPING=1, STATUS=...): a few lines, no libsystemd.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "http.h"
+#include "pii.h"
+#include "pol.h"
+#include "scheduler.h"
+#include "store.h"
+
+static const char *const cmd = "serve";
+
+static const char usage_text[] =
+    "usage: outpost serve [-c CONFIG] [-m MODEL] [--socket PATH] [--listen HOST:PORT]\n"
+    "                     [--state-dir DIR] [--policy FILE] [--peer URL] [--cloud URL]\n"
+    "\n"
+    "Run the agent in the foreground: an OpenAI-compatible HTTP API on a Unix\n"
+    "socket (and optionally TCP) that answers each request locally, on a peer or\n"
+    "in the cloud, as the routing policy decides. Flags override OUTPOST_*\n"
+    "variables, which override the config file, which overrides the defaults.\n"
+    "\n"
+    "  -c, --config FILE     config file (Lua, read as data)\n"
+    "  -m, --model MODEL     GGUF file to serve (repeat for more; the first is the\n"
+    "                        default), or the name of a configured model to make it\n"
+    "                        the default\n"
+    "      --socket PATH     Unix socket (default $XDG_RUNTIME_DIR/outpost.sock)\n"
+    "      --listen HOST:PORT  also listen on TCP (port 0: any free port; a non-\n"
+    "                        loopback address needs OUTPOST_API_KEY)\n"
+    "      --state-dir DIR   SQLite state (default $XDG_STATE_HOME/outpost)\n"
+    "      --policy FILE     routing policy (Lua)\n"
+    "      --lua-dir DIR     where the policy's require() looks\n"
+    "      --peer URL        another Outpost to offload to\n"
+    "      --cloud URL       an OpenAI-compatible cloud API (key in OUTPOST_CLOUD_KEY)\n"
+    "      --set KEY=VALUE   any config key, e.g. --set limits.queue_depth=4\n"
+    "  -h, --help            this text\n"
+    "\n"
+    "Signals: SIGTERM or SIGINT drain and exit 0; SIGHUP reloads the policy, the\n"
+    "allowed peers and the API key.\n"
+    "Exit status: 0 after a clean stop, 1 runtime failure, 2 usage or config error.\n";
+
+enum { OPT_SOCKET = 256, OPT_LISTEN, OPT_STATE_DIR, OPT_POLICY, OPT_LUA_DIR, OPT_PEER,
+       OPT_CLOUD, OPT_SET };
+
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"model", required_argument, NULL, 'm'},
+    {"socket", required_argument, NULL, OPT_SOCKET},
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"state-dir", required_argument, NULL, OPT_STATE_DIR},
+    {"policy", required_argument, NULL, OPT_POLICY},
+    {"lua-dir", required_argument, NULL, OPT_LUA_DIR},
+    {"peer", required_argument, NULL, OPT_PEER},
+    {"cloud", required_argument, NULL, OPT_CLOUD},
+    {"set", required_argument, NULL, OPT_SET},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* A flag as given, replayed onto every config built (start and reload). */
+typedef struct flag_arg {
+    const char *name; /* cfg_apply_flag's name or a key path */
+    char *value;
+} flag_arg;
+
+typedef struct serve_state {
+    const char *config_path;
+    flag_arg *flags;
+    size_t n_flags;
+    cfg *conf;
+    store *st;
+    pii *pii;
+    pol *policy;
+    http_server *http;
+    sched **models;
+    size_t n_models;
+    char *peer_url, *cloud_url;
+    pthread_mutex_t reload_mu;
+} serve_state;
+
+/* ---- sd_notify --------------------------------------------------------------- */
+
+/* The systemd notification protocol: one datagram of "KEY=VALUE\n" lines to
+ * the socket in $NOTIFY_SOCKET (an '@' first means the abstract namespace).
+ * Silently nothing when not run by systemd. */
+static void sd_notify_msg(const char *msg)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !path[0])
+        return;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if (len >= sizeof sa.sun_path || (path[0] != '/' && path[0] != '@'))
+        return;
+    memcpy(sa.sun_path, path, len);
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0';
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+               (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+        fprintf(stderr, "outpost serve: sd_notify: %s\n", strerror(errno));
+    close(fd);
+}
+
+/* ---- configuration -------------------------------------------------------------- */
+
+/* defaults < file < environment < flags, then the cross-field checks. */
+static int build_config(const serve_state *S, cfg **out, char err[256])
+{
+    cfg *c = NULL;
+    int rc = cfg_new(&c, err);
+    if (!rc && S->config_path)
+        rc = cfg_load_file(c, S->config_path, err);
+    if (!rc)
+        rc = cfg_apply_env(c, err);
+    for (size_t i = 0; i < S->n_flags && !rc; i++)
+        rc = cfg_apply_flag(c, S->flags[i].name, S->flags[i].value, err);
+    if (!rc)
+        rc = cfg_validate(c, err);
+    if (rc) {
+        cfg_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+static int mkdir_p(const char *path, char err[256])
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        snprintf(err, 256, "state directory path too long: %s", path);
+        return -1;
+    }
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0700) && errno != EEXIST) {
+                snprintf(err, 256, "cannot create %s: %s", buf, strerror(errno));
+                return -1;
+            }
+            *p = c;
+            if (!c)
+                break;
+        }
+    }
+    return 0;
+}
+
+static void policy_log(void *ud, const char *line)
+{
+    (void)ud;
+    fprintf(stderr, "outpost serve: policy: %s\n", line);
+}
+
+/* SIGHUP and POST /v1/policy/reload. */
+static int reload(void *ud, char err[256])
+{
+    serve_state *S = ud;
+    pthread_mutex_lock(&S->reload_mu);
+    sd_notify_msg("RELOADING=1\nSTATUS=reloading");
+    cfg *c = NULL;
+    int rc = build_config(S, &c, err);
+    if (!rc) {
+        const char *old_tcp = S->conf->listen.tcp, *new_tcp = c->listen.tcp;
+        if (strcmp(S->conf->listen.socket, c->listen.socket) ||
+            (old_tcp == NULL) != (new_tcp == NULL) || (old_tcp && strcmp(old_tcp, new_tcp)) ||
+            strcmp(S->conf->state_dir, c->state_dir))
+            fprintf(stderr, "outpost serve: reload: listeners and state_dir change only on "
+                            "restart\n");
+        rc = http_set_access(S->http, c->listen.allowed_uids.v, c->listen.allowed_uids.n,
+                             c->listen.allowed_gids.v, c->listen.allowed_gids.n,
+                             c->listen.api_key, err);
+    }
+    if (!rc && S->policy) {
+        char perr[256];
+        if ((rc = pol_reload(S->policy, c->policy.file, perr)))
+            snprintf(err, 256, "policy %s: %s (the previous policy stays)", c->policy.file, perr);
+    }
+    if (!rc) {
+        cfg_free(S->conf);
+        S->conf = c;
+        fprintf(stderr, "outpost serve: reloaded (policy %s)\n", S->conf->policy.file);
+    } else {
+        cfg_free(c);
+        fprintf(stderr, "outpost serve: reload failed: %s\n", err);
+    }
+    sd_notify_msg("READY=1\nSTATUS=serving");
+    pthread_mutex_unlock(&S->reload_mu);
+    return rc ? -1 : 0;
+}
+
+/* 1000 concurrent clients need more descriptors than the usual soft limit. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void prune(serve_state *S)
+{
+    store_retention ret = {
+        .request_max_age_s = S->conf->retention.request_max_age_days * 86400,
+        .max_requests = S->conf->retention.max_requests,
+        .session_idle_s = S->conf->retention.session_idle_days * 86400,
+    };
+    store_prune_result res;
+    char err[256];
+    if (store_prune(S->st, &ret, &res, err)) {
+        fprintf(stderr, "outpost serve: retention: %s\n", err);
+        return;
+    }
+    for (size_t i = 0; i < res.n_kv_paths; i++)
+        unlink(res.kv_paths[i]);
+    store_prune_result_free(&res);
+}
+
+/* Peer and cloud are answered by backend plugins (the libcurl client), which
+ * this build does not load yet. A configured URL still gets a backend, one
+ * that refuses every job, so a request routed there is answered locally
+ * with reason "<target>_unreachable" rather than "<target>_unconfigured". */
+static int unloaded_submit(void *ud, sched_job *job, char err[256])
+{
+    (void)job;
+    snprintf(err, 256, "%s: no backend plugin is loaded to reach it", (const char *)ud);
+    return SCHED_ECLOSED;
+}
+
+/* ---- the command ------------------------------------------------------------------- */
+
+static bool add_flag(serve_state *S, const char *name, const char *value)
+{
+    flag_arg *f = realloc(S->flags, (S->n_flags + 1) * sizeof *f);
+    if (!f)
+        return false;
+    S->flags = f;
+    char *v = strdup(value);
+    if (!v)
+        return false;
+    f[S->n_flags++] = (flag_arg){.name = name, .value = v};
+    return true;
+}
+
+static int parse_args(serve_state *S, int argc, char **argv)
+{
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":c:m:h", long_opts, NULL)) != -1) {
+        const char *name = NULL;
+        switch (c) {
+        case 'c': S->config_path = optarg; continue;
+        case 'm': name = "model"; break;
+        case OPT_SOCKET: name = "socket"; break;
+        case OPT_LISTEN: name = "listen"; break;
+        case OPT_STATE_DIR: name = "state-dir"; break;
+        case OPT_POLICY: name = "policy"; break;
+        case OPT_LUA_DIR: name = "lua-dir"; break;
+        case OPT_PEER: name = "peer"; break;
+        case OPT_CLOUD: name = "cloud"; break;
+        case OPT_SET: {
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg) {
+                cli_error(cmd, "--set: expected KEY=VALUE, got '%s'", optarg);
+                return CLI_USAGE;
+            }
+            *eq = '\0';
+            if (!add_flag(S, optarg, eq + 1)) {
+                cli_error(cmd, "out of memory");
+                return CLI_FAIL;
+            }
+            continue;
+        }
+        case 'h': fputs(usage_text, stdout); return -1;
+        default: return cli_bad_option(cmd, argv, c);
+        }
+        if (!add_flag(S, name, optarg)) {
+            cli_error(cmd, "out of memory");
+            return CLI_FAIL;
+        }
+    }
+    if (optind < argc) {
+        cli_error(cmd, "unexpected argument '%s'", argv[optind]);
+        return CLI_USAGE;
+    }
+    return CLI_OK;
+}
+
+static int load_models(serve_state *S, char err[256], size_t *default_index)
+{
+    const cfg *c = S->conf;
+    if (!(S->models = calloc(c->n_models, sizeof *S->models))) {
+        snprintf(err, 256, "out of memory");
+        return -1;
+    }
+    *default_index = 0;
+    for (size_t i = 0; i < c->n_models; i++) {
+        const cfg_model *m = &c->models[i];
+        sched_opts o = {
+            .name = m->name,
+            .path = m->path,
+            .n_ctx = m->ctx,
+            .n_threads = m->threads,
+            .kv_type = m->kv_type,
+            .queue_max = (int)c->limits.queue_depth,
+            .max_tokens_default = c->limits.max_output_tokens,
+            .max_tokens_limit = c->limits.max_output_tokens,
+            .max_prompt_tokens = c->limits.max_prompt_tokens,
+            .warmup = true,
+            .st = S->st,
+        };
+        double t0 = cli_now();
+        char serr[256];
+        if (sched_open(&S->models[i], &o, serr)) {
+            snprintf(err, 256, "model %s: %s", m->name, serr);
+            return -1;
+        }
+        S->n_models++;
+        if (m->is_default)
+            *default_index = i;
+        fprintf(stderr, "outpost serve: model %s loaded from %s (context %d, %.0f ms with "
+                        "warm-up)\n",
+                m->name, m->path, sched_n_ctx(S->models[i]), (cli_now() - t0) * 1e3);
+    }
+    return 0;
+}
+
+static void shutdown_models(serve_state *S)
+{
+    int64_t budget_ms = S->conf ? S->conf->limits.drain_timeout_s * 1000 : 0;
+    double t0 = cli_now();
+    int cancelled = 0;
+    for (size_t i = 0; i < S->n_models; i++) {
+        int64_t left = budget_ms - (int64_t)((cli_now() - t0) * 1e3);
+        cancelled += sched_drain(S->models[i], left > 0 ? (int)left : 0);
+    }
+    if (cancelled)
+        fprintf(stderr, "outpost serve: %d request(s) cancelled after the %lld s drain\n",
+                cancelled, (long long)(budget_ms / 1000));
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    serve_state S = {0};
+    pthread_mutex_init(&S.reload_mu, NULL);
+    int status = parse_args(&S, argc, argv);
+    char err[256];
+    sigset_t sigs;
+    bool notified = false;
+    if (status) {
+        status = status < 0 ? CLI_OK : status;
+        goto done;
+    }
+    if (build_config(&S, &S.conf, err)) {
+        cli_error(cmd, "%s", err);
+        status = CLI_USAGE;
+        goto done;
+    }
+    status = CLI_FAIL;
+
+    /* Before any thread exists, so that all of them inherit the mask and the
+     * signals reach only the sigwait below. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+
+    const cfg *c = S.conf;
+    if (mkdir_p(c->state_dir, err)) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    char db_path[4200];
+    snprintf(db_path, sizeof db_path, "%s/outpost.db", c->state_dir);
+    if (store_open(&S.st, db_path, NULL, err)) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    if (pii_new(&S.pii, err)) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    pol_opts po = {.instr_limit = (uint64_t)c->policy.instr_limit,
+                   .mem_limit_bytes = (size_t)c->policy.mem_limit_mb << 20,
+                   .lua_dir = c->policy.lua_dir, .log = policy_log};
+    if (pol_open(&S.policy, c->policy.file, &po, err)) {
+        /* A policy someone configured must load; the built-in default may
+         * be missing from an uninstalled build, and then everything stays
+         * local (reason "no_policy"). */
+        bool configured = cfg_origin_of(c, "policy.file") != CFG_FROM_DEFAULT ||
+                          cfg_origin_of(c, "policy.lua_dir") != CFG_FROM_DEFAULT;
+        if (configured || access(c->policy.file, F_OK) == 0) {
+            cli_error(cmd, "policy: %s", err);
+            goto done;
+        }
+        fprintf(stderr, "outpost serve: no policy (%s); every request is answered locally\n",
+                err);
+    }
+
+    api_limits lim;
+    api_limits_default(&lim);
+    if (c->limits.max_output_tokens < INT32_MAX)
+        lim.max_tokens = (int32_t)c->limits.max_output_tokens;
+    http_opts ho = {
+        .socket_path = c->listen.socket,
+        .socket_mode = c->listen.socket_mode,
+        .allowed_uids = c->listen.allowed_uids.v,
+        .n_allowed_uids = c->listen.allowed_uids.n,
+        .allowed_gids = c->listen.allowed_gids.v,
+        .n_allowed_gids = c->listen.allowed_gids.n,
+        .tcp_host = c->listen.tcp ? c->listen.tcp_host : NULL,
+        .tcp_port = c->listen.tcp_port,
+        .api_key = c->listen.api_key,
+        .max_body_bytes = (size_t)c->limits.max_body_bytes,
+        .limits = &lim,
+        .request_timeout_s = (unsigned)c->limits.request_timeout_s,
+    };
+    if (http_start(&S.http, &ho, err)) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    fprintf(stderr, "outpost serve: listening on %s", c->listen.socket);
+    if (c->listen.tcp)
+        fprintf(stderr, " and tcp %s:%d", c->listen.tcp_host, http_tcp_port(S.http));
+    fprintf(stderr, " (state in %s, policy %s)\n", c->state_dir, c->policy.file);
+    sd_notify_msg("STATUS=loading models");
+
+    size_t def = 0;
+    if (load_models(&S, err, &def)) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    http_services svc = {
+        .st = S.st, .policy = S.policy, .pii = S.pii, .models = S.models,
+        .n_models = S.n_models, .default_model = def, .reload = reload, .reload_ud = &S,
+    };
+    /* Copies: a reload replaces the cfg these point into. */
+    if (c->peer.url && (S.peer_url = strdup(c->peer.url)))
+        svc.peer = (sched_backend){.name = "peer", .ud = S.peer_url, .submit = unloaded_submit};
+    if (c->cloud.url && (S.cloud_url = strdup(c->cloud.url)))
+        svc.cloud = (sched_backend){.name = "cloud", .ud = S.cloud_url, .submit = unloaded_submit};
+    http_set_services(S.http, &svc);
+    http_set_ready(S.http, true);
+    sd_notify_msg("READY=1\nSTATUS=serving");
+    notified = true;
+    fprintf(stderr, "outpost serve: ready\n");
+
+    /* The main thread's only job now: signals, and retention once an hour. */
+    double next_prune = cli_now();
+    for (;;) {
+        if (cli_now() >= next_prune) {
+            pthread_mutex_lock(&S.reload_mu);
+            prune(&S);
+            pthread_mutex_unlock(&S.reload_mu);
+            next_prune = cli_now() + 3600;
+        }
+        struct timespec wait = {.tv_sec = 60};
+        int sig = sigtimedwait(&sigs, NULL, &wait);
+        if (sig == SIGHUP) {
+            char rerr[256];
+            reload(&S, rerr);
+        } else if (sig == SIGTERM || sig == SIGINT) {
+            fprintf(stderr, "outpost serve: %s: draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            break;
+        }
+    }
+    status = CLI_OK;
+
+done:
+    if (notified)
+        sd_notify_msg("STOPPING=1\nSTATUS=stopping");
+    if (S.http)
+        http_close_listeners(S.http);
+    shutdown_models(&S);
+    if (S.http) {
+        /* Let the last responses go out before the connections close. */
+        for (int i = 0; i < 200 && http_in_flight(S.http) > 0; i++)
+            usleep(10000);
+        http_stop(S.http);
+    }
+    for (size_t i = 0; i < S.n_models; i++)
+        sched_close(S.models[i]);
+    free(S.models);
+    pol_close(S.policy);
+    pii_free(S.pii);
+    store_close(S.st);
+    cfg_free(S.conf);
+    free(S.peer_url);
+    free(S.cloud_url);
+    for (size_t i = 0; i < S.n_flags; i++)
+        free(S.flags[i].value);
+    free(S.flags);
+    pthread_mutex_destroy(&S.reload_mu);
+    if (status == CLI_OK && notified)
+        fprintf(stderr, "outpost serve: stopped\n");
+    return status;
+}
