@@ -556,6 +556,24 @@ static int col_text(store *s, sqlite3_stmt *st, int col, char *dst, size_t cap, 
     return 0;
 }
 
+/* A malloc'd copy of a text or blob column with a NUL after its bytes (the
+ * length in *len), or NULL when memory runs out. A SQL NULL gives "". */
+static char *col_dup(sqlite3_stmt *st, int col, bool blob, size_t *len)
+{
+    const void *p = blob ? sqlite3_column_blob(st, col) : (const void *)sqlite3_column_text(st, col);
+    size_t n = (size_t)sqlite3_column_bytes(st, col); /* after the fetch, as SQLite requires */
+    if (!p && sqlite3_column_type(st, col) != SQLITE_NULL && n > 0)
+        return NULL; /* SQLite could not convert the value: out of memory */
+    char *v = malloc(n + 1);
+    if (!v)
+        return NULL;
+    if (n)
+        memcpy(v, p, n);
+    v[n] = '\0';
+    *len = n;
+    return v;
+}
+
 /* Binds a limit where 0 means none (SQLite reads a negative LIMIT as none). */
 static int bind_limit(sqlite3_stmt *st, int idx, size_t limit)
 {
@@ -1172,17 +1190,8 @@ int store_messages_load(store *s, const char *session_id, uid_t uid, store_messa
             rc = STORE_ECORRUPT;
             goto row_fail;
         }
-        const unsigned char *t = sqlite3_column_text(st, 2);
-        size_t len = (size_t)sqlite3_column_bytes(st, 2);
-        if (!t && sqlite3_column_type(st, 2) != SQLITE_NULL)
+        if (!(m->content = col_dup(st, 2, false, &m->content_len)))
             goto nomem;
-        m->content = malloc(len + 1);
-        if (!m->content)
-            goto nomem;
-        if (len)
-            memcpy(m->content, t, len);
-        m->content[len] = '\0';
-        m->content_len = len;
         m->seq = sqlite3_column_int64(st, 0);
         m->n_tokens = sqlite3_column_int64(st, 3);
         m->created_ms = sqlite3_column_int64(st, 4);
@@ -1711,16 +1720,12 @@ int store_setting_get(store *s, const char *key, char **value_out, char err[256]
     } else if (rc != SQLITE_ROW) {
         rc = db_fail(s, err, stmts[ST_SETTING_GET].name, rc);
     } else {
-        const unsigned char *t = sqlite3_column_text(st, 0);
-        size_t len = (size_t)sqlite3_column_bytes(st, 0);
-        char *v = (t || sqlite3_column_type(st, 0) == SQLITE_NULL) ? malloc(len + 1) : NULL;
+        size_t len;
+        char *v = col_dup(st, 0, false, &len);
         if (!v) {
             snprintf(err, 256, "%s: read setting '%.64s': out of memory", s->path, key);
             rc = STORE_ENOMEM;
         } else {
-            if (len)
-                memcpy(v, t, len);
-            v[len] = '\0';
             *value_out = v;
             rc = 0;
         }
@@ -1847,17 +1852,8 @@ int store_outbox_peek(store *s, size_t max_n, store_outbox_msg **out, size_t *n_
         memset(m, 0, sizeof *m);
         if ((rc = col_text(s, st, 1, m->topic, sizeof m->topic, err)))
             goto done;
-        const void *p = sqlite3_column_blob(st, 2);
-        size_t len = (size_t)sqlite3_column_bytes(st, 2);
-        if (!p && len)
+        if (!(m->payload = (unsigned char *)col_dup(st, 2, true, &m->payload_len)))
             goto nomem;
-        m->payload = malloc(len + 1);
-        if (!m->payload)
-            goto nomem;
-        if (len)
-            memcpy(m->payload, p, len);
-        m->payload[len] = '\0';
-        m->payload_len = len;
         m->id = sqlite3_column_int64(st, 0);
         m->created_ms = sqlite3_column_int64(st, 3);
         m->attempts = sqlite3_column_int64(st, 4);
