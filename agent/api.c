@@ -1101,6 +1101,8 @@ static json_t *served_json(const api_served *s)
         set(&b, o, "ttft_ms", json_null());
     set(&b, o, "cached_tokens", json_integer(s->cached_tokens));
     set(&b, o, "truncated", json_boolean(s->truncated));
+    if (s->session && s->session[0])
+        set(&b, o, "session", jstr(s->session, strlen(s->session)));
     if (!b.ok) {
         json_decref(o);
         return NULL;

@@ -177,6 +177,7 @@ typedef struct api_served {
     double ttft_ms;        /* written to the microsecond; NaN or < 0: null */
     int64_t cached_tokens; /* prompt tokens whose KV state was reused */
     bool truncated;        /* the conversation was cut to fit the context */
+    const char *session;   /* the session the turn belongs to; NULL or "": none */
 } api_served;
 
 /* "chatcmpl-" or "cmpl-" followed by 24 random letters and digits. */

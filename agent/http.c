@@ -367,31 +367,13 @@ static api_served served_of(const sched_job *j)
                    : j->route == STORE_ROUTE_CLOUD ? POL_TARGET_CLOUD
                                                    : POL_TARGET_LOCAL;
     return (api_served){.route = t, .reason = j->reason, .ttft_ms = j->ttft_ms,
-                        .cached_tokens = j->cached_tokens, .truncated = j->truncated};
+                        .cached_tokens = j->cached_tokens, .truncated = j->truncated,
+                        .session = j->session_id};
 }
 
 static api_finish finish_of(const sched_job *j)
 {
     return j->finish == SCHED_FINISH_LENGTH ? API_FINISH_LENGTH : API_FINISH_STOP;
-}
-
-/* api_served has no session field: a response to a request that named a
- * session (possibly "new") gets outpost.session added here, so the client
- * learns the id to continue with. */
-static char *with_session(char *json, const char *session_id)
-{
-    if (!json || !session_id[0])
-        return json;
-    json_t *root = json_loads(json, 0, NULL);
-    json_t *o = json_object_get(root, "outpost");
-    char *out = NULL;
-    if (o && json_object_set_new(o, "session", json_string(session_id)) == 0)
-        out = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
-    json_decref(root);
-    if (!out)
-        return json;
-    free(json);
-    return out;
 }
 
 static char *completion_body(const http_req *r)
@@ -409,7 +391,7 @@ static char *completion_body(const http_req *r)
                              : api_completion_response(&res, &json, err);
     if (rc)
         fprintf(stderr, "outpost serve: response: %s\n", err);
-    return with_session(json, j->session_id);
+    return json;
 }
 
 /* One stream chunk's JSON (malloc'd), or NULL when out of memory. */
@@ -860,7 +842,7 @@ static void close_stream(http_req *r)
         c.role = !r->any_piece;
         c.finish = finish_of(j);
         c.served = &sv;
-        out_event(r, with_session(chunk_json(r, &c), j->session_id));
+        out_event(r, chunk_json(r, &c));
         if (r->q.include_usage) {
             api_usage u = {j->prompt_tokens, j->completion_tokens};
             c = chunk_base(r);

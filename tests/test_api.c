@@ -699,7 +699,7 @@ static void request_json_round_trips(void **state)
 static void chat_response_has_openai_shape_and_outpost(void **state)
 {
     (void)state;
-    api_served served = {POL_TARGET_LOCAL, "private request", 12.3456789, 17, true};
+    api_served served = {POL_TARGET_LOCAL, "private request", 12.3456789, 17, true, "sess-1"};
     api_result res = {"chatcmpl-abc", 1700000000, "tiny", "Hello \"world\"\n", 14,
                       API_FINISH_LENGTH, {20, 5}, &served};
     char *json = NULL;
@@ -728,6 +728,7 @@ static void chat_response_has_openai_shape_and_outpost(void **state)
     assert_true(fabs(json_real_value(json_object_get(o, "ttft_ms")) - 12.346) < 1e-9);
     assert_int_equal(jget_int(o, "cached_tokens"), 17);
     assert_true(json_is_true(json_object_get(o, "truncated")));
+    assert_string_equal(json_string_value(json_object_get(o, "session")), "sess-1");
     json_decref(j);
     free(json);
 
@@ -759,7 +760,7 @@ static void chat_response_has_openai_shape_and_outpost(void **state)
 static void completion_response_has_text_choice(void **state)
 {
     (void)state;
-    api_served served = {POL_TARGET_CLOUD, "long request", 250, 0, false};
+    api_served served = {POL_TARGET_CLOUD, "long request", 250, 0, false, NULL};
     api_result res = {"cmpl-xyz", 1, "default", " there was", 10, API_FINISH_STOP, {3, 3},
                       &served};
     char *json = NULL;
@@ -811,7 +812,7 @@ static void chat_stream_chunks_follow_openai(void **state)
     free(json);
 
     /* The last chunk: empty delta, finish reason, outpost object. */
-    api_served served = {POL_TARGET_PEER, "battery low", 3.5, 8, false};
+    api_served served = {POL_TARGET_PEER, "battery low", 3.5, 8, false, NULL};
     c.text = NULL;
     c.text_len = 0;
     c.finish = API_FINISH_STOP;
