@@ -156,7 +156,7 @@ static void check_builders(const api_request *r)
     const char *text = r->kind == API_CHAT ? r->messages[r->n_messages - 1].content : r->prompt;
     size_t len = r->kind == API_CHAT ? r->messages[r->n_messages - 1].content_len : r->prompt_len;
     api_served served = {r->outpost.route == POL_TARGET_AUTO ? POL_TARGET_LOCAL : r->outpost.route,
-                         r->user, 1.5, 3, true};
+                         r->user, 1.5, 3, true, r->outpost.session};
     api_result res = {"chatcmpl-x", 1, r->model, text, len, API_FINISH_STOP, {1, 2}, &served};
     api_chunk c = {"chatcmpl-x", 1, r->model, true, text, len, API_FINISH_LENGTH,
                    r->include_usage, NULL, &served};
