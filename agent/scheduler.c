@@ -22,6 +22,7 @@
 
 #include "chat.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -452,6 +453,7 @@ static int text_feed(sched_job *j, gen_state *g, const char *bytes, size_t n)
 
 static void emit(sched_job *j, gen_state *g, size_t end)
 {
+    assert(end <= j->text_len);
     if (end > g->emitted && j->sink.on_piece)
         j->sink.on_piece(j->sink.ud, j->text + g->emitted, end - g->emitted);
     if (end > g->emitted)
@@ -462,6 +464,8 @@ static void emit(sched_job *j, gen_state *g, size_t end)
  * it); otherwise emit what can no longer become a stop string. */
 static bool text_settle(sched_job *j, gen_state *g, const char *const *stops, size_t n_stops)
 {
+    if (j->text_len == g->emitted)
+        return false; /* nothing new (j->text may still be NULL) */
     const char *from = j->text + g->emitted;
     size_t avail = j->text_len - g->emitted;
     const char *hit = NULL;
