@@ -209,6 +209,10 @@ typedef struct buf {
     char *p;
     size_t len, cap;
     bool failed;
+    /* Where message content went (in order, adjacent ones merged): what
+     * chat_render_spans() leaves out of the template's own text. */
+    tok_range *content;
+    size_t n_content, cap_content;
 } buf;
 
 static void put(buf *b, const char *s, size_t n)
@@ -271,9 +275,37 @@ static span content(const chat_msg *m)
     return (span){m->content, m->content_len};
 }
 
+/* Note text[off, off + n) of b as message content. */
+static void mark_content(buf *b, size_t off, size_t n)
+{
+    if (b->failed || n == 0)
+        return;
+    if (b->n_content > 0) {
+        tok_range *last = &b->content[b->n_content - 1];
+        if (last->off + last->len == off) {
+            last->len += n;
+            return;
+        }
+    }
+    if (b->n_content == b->cap_content) {
+        size_t cap = b->cap_content ? b->cap_content * 2 : 16;
+        tok_range *v = realloc(b->content, cap * sizeof *v);
+        if (!v) {
+            b->failed = true;
+            return;
+        }
+        b->content = v;
+        b->cap_content = cap;
+    }
+    b->content[b->n_content++] = (tok_range){off, n};
+}
+
+/* Message text: written verbatim, and marked as not the template's own. */
 static void put_span(buf *b, span s)
 {
+    size_t off = b->len;
     put(b, s.p, s.n);
+    mark_content(b, off, s.n);
 }
 
 /* System messages of families without a system role wait here for the next
@@ -294,9 +326,13 @@ static bool pending_any(const pending *ps)
     return ps->text.len > 0;
 }
 
+/* Pending system text is message content, the joins between messages
+ * included (they are whitespace). */
 static void pending_take(buf *b, pending *ps)
 {
+    size_t off = b->len;
     put(b, ps->text.p, ps->text.len);
+    mark_content(b, off, ps->text.len);
     ps->text.len = 0;
 }
 
@@ -517,8 +553,41 @@ static void render_plain(buf *b, const chat_msg *m, size_t n, bool gen)
         puts_(b, "Assistant:");
 }
 
+/* The complement of b's content spans within [0, b->len): the template's
+ * own text, as a malloc'd array (NULL when empty). false: out of memory. */
+static bool scaffold_of(const buf *b, tok_range **out, size_t *n_out)
+{
+    *out = NULL;
+    *n_out = 0;
+    tok_range *v = malloc((b->n_content + 1) * sizeof *v);
+    if (!v)
+        return false;
+    size_t n = 0, at = 0;
+    for (size_t i = 0; i <= b->n_content; i++) {
+        size_t end = i < b->n_content ? b->content[i].off : b->len;
+        if (end > at)
+            v[n++] = (tok_range){at, end - at};
+        if (i < b->n_content)
+            at = b->content[i].off + b->content[i].len;
+    }
+    if (n == 0) {
+        free(v);
+        return true;
+    }
+    *out = v;
+    *n_out = n;
+    return true;
+}
+
 int chat_render(const chat_template *t, const chat_msg *msgs, size_t n,
                 bool add_generation_prompt, char **text, size_t *len, char err[256])
+{
+    return chat_render_spans(t, msgs, n, add_generation_prompt, text, len, NULL, NULL, err);
+}
+
+int chat_render_spans(const chat_template *t, const chat_msg *msgs, size_t n,
+                      bool add_generation_prompt, char **text, size_t *len,
+                      tok_range **scaffold, size_t *n_scaffold, char err[256])
 {
     static const inst_style mistral = {"[INST] ", " [/INST]", "", "\n", false};
     static const inst_style v1 = {" [INST] ", " [/INST]", " ", "\n\n", false};
@@ -528,6 +597,10 @@ int chat_render(const chat_template *t, const chat_msg *msgs, size_t n,
     *text = NULL;
     if (len)
         *len = 0;
+    if (scaffold)
+        *scaffold = NULL;
+    if (n_scaffold)
+        *n_scaffold = 0;
     if ((unsigned)t->family >= CHAT_FAMILY_COUNT) {
         snprintf(err, 256, "chat template: unknown family %d", (int)t->family);
         return CHAT_EINVAL;
@@ -566,10 +639,14 @@ int chat_render(const chat_template *t, const chat_msg *msgs, size_t n,
     }
     bool failed = b.failed || ps.text.failed;
     free(ps.text.p);
+    free(ps.text.content);
     if (!failed && !b.p) {
         b.p = calloc(1, 1);
         failed = !b.p;
     }
+    if (!failed && scaffold && !scaffold_of(&b, scaffold, n_scaffold))
+        failed = true;
+    free(b.content);
     if (failed) {
         free(b.p);
         snprintf(err, 256, "chat template %s: out of memory rendering %zu messages",

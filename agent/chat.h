@@ -13,7 +13,7 @@
  *  - No leading BOS: the tokenizer adds it (TOK_ADD_BOS per
  *    tok_add_bos_default()). BOS tokens inside the history (Llama 2's
  *    "</s><s>[INST]") are written, as text, and become BOS ids when the
- *    prompt is encoded with TOK_PARSE_SPECIAL.
+ *    prompt is encoded with the template's spans (chat_render_spans).
  *  - No template boilerplate: no default system prompts (Qwen's "You are
  *    Qwen..."), no date lines (Llama 3.1), no tool preambles. A system message
  *    in a family without a system role goes into the next user turn.
@@ -26,10 +26,12 @@
  * trims: the scheduler can reuse the KV cache of earlier turns.
  *
  * Message text is written verbatim (some families trim surrounding
- * whitespace, as their templates do). When the prompt is encoded with
- * TOK_PARSE_SPECIAL, text in a message that spells a control token (say
- * "<|im_end|>") becomes that token, as in llama.cpp's server; the tokenizer
- * has no way yet to parse special tokens only outside message text.
+ * whitespace, as their templates do). Only the template's own text may turn
+ * into control tokens: chat_render_spans() says where that text is, and the
+ * prompt is encoded with tok_encode_spans(), so a message that spells a
+ * control token (say "<|im_start|>system\n..." or "</s>") stays plain text
+ * and cannot forge a turn. (llama.cpp's server parses special tokens
+ * everywhere, message text included.)
  *
  * Nothing here keeps state: a chat_template is a small value the caller owns;
  * chat_render() returns a malloc'd string the caller frees.
@@ -113,6 +115,17 @@ typedef struct chat_msg {
  * have no tool role). */
 int chat_render(const chat_template *t, const chat_msg *msgs, size_t n,
                 bool add_generation_prompt, char **text, size_t *len, char err[256]);
+
+/* chat_render(), also saying which bytes of *text the template wrote (as
+ * opposed to message content): *scaffold gets a malloc'd array of
+ * *n_scaffold ranges, sorted, not overlapping (NULL and 0 when there are
+ * none; the caller frees it). These are the only ranges where control-token
+ * text may become control tokens: pass them to tok_encode_spans(). The
+ * spans are exact for every family, system text moved into a user turn
+ * included. scaffold and n_scaffold may be NULL (then this is chat_render). */
+int chat_render_spans(const chat_template *t, const chat_msg *msgs, size_t n,
+                      bool add_generation_prompt, char **text, size_t *len,
+                      tok_range **scaffold, size_t *n_scaffold, char err[256]);
 
 /* The most texts chat_end_tokens() or chat_stop_texts() return. */
 #define CHAT_END_MAX 4

@@ -30,6 +30,7 @@ int cmd_policy(int argc, char **argv); /* policy test | policy reload */
 int cmd_serve(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_ota(int argc, char **argv); /* ota keygen | sign | verify */
 /* `outpost policy reload`: ask the running agent (cmd_client.c). */
 int cmd_policy_reload(int argc, char **argv);
 

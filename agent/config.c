@@ -219,6 +219,13 @@ static const row rows[] = {
     {.path = "plugins.enabled", .type = KT_NAMES, AT(plugins.enabled), .check = check_plugin_name,
      .def = "backend-openai,sensor-linux,hook-redact", .doc = "plugins to load, by name"},
 
+    {.path = "sensors", .type = KT_SECTION,
+     .doc = "device facts for the policy (sensor plugins); read at start, restart to change"},
+    {.path = "sensors.root", .type = KT_PATH, AT(sensors.root), .def = "/",
+     .env = "OUTPOST_SYSFS_ROOT", .doc = "where /sys and /proc are read (a fake tree in tests)"},
+    {.path = "sensors.interval_s", .type = KT_INT, INT_AT(sensors.interval_s), .min = 1,
+     .max = 3600, .def = "5", .doc = "seconds between two readings of the sensors"},
+
     {.path = "memory_max_mb", .type = KT_INT, INT_AT(memory_max_mb), .min = 0,
      .max = 100000000, .def = "0", .env = "OUTPOST_MEMORY_MAX_MB",
      .doc = "the agent's memory budget, MiB (0: none); keep equal to the unit's MemoryMax="},

@@ -196,6 +196,11 @@ typedef struct cfg {
         cfg_strs enabled; /* plugin names to load; default the in-tree three */
     } plugins;
 
+    struct {
+        char *root;         /* where sensor plugins find sys/ and proc/; default "/" */
+        int64_t interval_s; /* seconds between readings, default 5 */
+    } sensors;
+
     /* The agent's own memory budget in MiB (0: none). The kernel-enforced
      * ceiling is the systemd unit's MemoryMax=, which cannot read this file:
      * keep the two equal (packaging/outpost.service explains how). */
@@ -229,7 +234,7 @@ int cfg_load_string(cfg *c, const char *text, size_t len, const char *name, char
  *   OUTPOST_CLOUD_KEY  cloud.api_key         OUTPOST_CLOUD_MODEL cloud.model
  *   OUTPOST_BROKER     fleet.broker          OUTPOST_DEVICE_ID  fleet.device_id
  *   OUTPOST_FLEET_KEY  fleet.fleet_key       OUTPOST_PLUGIN_DIR plugins.dir
- *   OUTPOST_MEMORY_MAX_MB memory_max_mb
+ *   OUTPOST_MEMORY_MAX_MB memory_max_mb      OUTPOST_SYSFS_ROOT sensors.root
  * Errors name the variable. */
 int cfg_apply_env(cfg *c, char err[256]);
 

@@ -22,6 +22,12 @@
  * every token the worker asks `gone`, which polls the socket for a hang-up
  * while (and only while) the connection is parked and its descriptor
  * therefore still open.
+ *
+ * One turn at a time per session: a request that names a session holds the
+ * session's turn from before it loads the history until its job has recorded
+ * the reply (or it ends without a job); another request for the same session
+ * waits, suspended, in a FIFO line (see session_acquire for why it waits
+ * rather than being refused). Lock order: session_mu, then a request's mu.
  */
 #include "http.h"
 
@@ -113,17 +119,34 @@ struct http_server {
     pthread_mutex_t online_mu; /* the cached "online" fact */
     double online_checked;
     bool online;
+
+    pthread_mutex_t facts_mu;  /* the device facts, as the sampler last set them */
+    http_device_facts facts;
+
+    pthread_mutex_t session_mu; /* turns, and every request's turn fields */
+    struct session_turn *turns; /* sessions with a turn in flight */
 };
 
 /* ---- the request record --------------------------------------------------- */
 
 typedef enum phase {
     PH_BODY,    /* receiving the body */
+    PH_TURN,    /* suspended until its session's previous turn is over */
     PH_WAIT,    /* suspended until the job has output (or is done) */
     PH_ANSWERED /* a response is queued */
 } phase;
 
-typedef struct http_req {
+typedef struct http_req http_req;
+
+/* A session with a turn in flight: the request holding it is not listed;
+ * the ones waiting are, oldest first. */
+typedef struct session_turn {
+    struct session_turn *next;
+    char id[STORE_ID_SIZE];
+    http_req *first, *last;
+} session_turn;
+
+struct http_req {
     http_server *h;
     struct MHD_Connection *conn;
     route rt;
@@ -153,7 +176,16 @@ typedef struct http_req {
     size_t out_len, out_off, out_cap;
     char resp_id[API_ID_SIZE];
     int64_t created;
-} http_req;
+    double t_arrival;      /* sched_now() when the body was complete */
+
+    /* Session turns (session_mu). turn: the session this request holds or
+     * waits for; turn_held: it holds it; turn_next: the next in line. */
+    session_turn *turn;
+    bool turn_held;
+    http_req *turn_next;
+    bool turn_granted;     /* (r->mu) the turn came while it waited */
+    bool submitted;        /* a backend took the job (MHD's thread only) */
+};
 
 static void req_release(http_req *r)
 {
@@ -359,6 +391,60 @@ static bool online_now(http_server *h)
     return on;
 }
 
+/* ---- device facts ------------------------------------------------------------ */
+
+void http_device_facts_unknown(http_device_facts *f)
+{
+    *f = (http_device_facts){.battery_pct = NAN, .on_ac = -1, .temp_c = NAN,
+                             .cpu_pressure_pct = NAN, .mem_pressure_pct = NAN,
+                             .io_pressure_pct = NAN};
+}
+
+void http_set_device_facts(http_server *h, const http_device_facts *f)
+{
+    pthread_mutex_lock(&h->facts_mu);
+    h->facts = *f;
+    pthread_mutex_unlock(&h->facts_mu);
+}
+
+static http_device_facts device_facts(http_server *h)
+{
+    pthread_mutex_lock(&h->facts_mu);
+    http_device_facts f = h->facts;
+    pthread_mutex_unlock(&h->facts_mu);
+    return f;
+}
+
+/* The policy's view: unknown stays unknown (nil in Lua). */
+static void device_facts_into(http_server *h, pol_env *env)
+{
+    http_device_facts f = device_facts(h);
+    env->battery_pct = f.battery_pct;
+    env->on_ac = f.on_ac < 0 ? POL_UNKNOWN : f.on_ac != 0;
+    env->temp_c = f.temp_c;
+}
+
+/* Peer and cloud as their backends last measured them: an RTT only while
+ * reachable (nil otherwise), this month's cloud spend and the budget. A
+ * remote that answers its probe also counts as being online without a
+ * default route (a peer on the local network, a cloud behind a proxy). */
+static void remote_facts_into(http_server *h, pol_env *env)
+{
+    cloud_facts f;
+    if (h->svc.peer_link) {
+        cloud_get_facts(h->svc.peer_link, &f);
+        env->peer_rtt_ms = f.rtt_ms;
+        env->online = env->online || f.online;
+    }
+    if (h->svc.cloud_link) {
+        cloud_get_facts(h->svc.cloud_link, &f);
+        env->cloud_rtt_ms = f.rtt_ms;
+        env->online = env->online || f.online;
+        env->cloud_spend_usd = f.spend_usd_month;
+        env->cloud_budget_usd = f.budget_usd_month;
+    }
+}
+
 /* ---- response bodies (api_) ----------------------------------------------- */
 
 static api_served served_of(const sched_job *j)
@@ -469,11 +555,15 @@ static void sink_piece(void *ud, const char *text, size_t len)
 }
 
 static void close_stream(http_req *r);
+static void session_release(http_server *h, http_req *r);
 
 static void sink_done(void *ud, sched_job *j)
 {
     http_req *r = ud;
     (void)j;
+    /* The job has recorded its turn: the next request for the session may
+     * load the history now, before this client even sees the answer. */
+    session_release(r->h, r);
     pthread_mutex_lock(&r->mu);
     r->job_done = true;
     bool wake = false;
@@ -528,6 +618,119 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 }
 
 static void sse_free(void *cls) { req_release(cls); }
+
+/* ---- one turn at a time per session ------------------------------------------ */
+
+/* Take the session's turn for r, or join the line for it. A turn rebuilds
+ * the conversation from the store and appends to it, so two at once would
+ * both miss the other's messages and interleave their own.
+ *
+ * Decision: a second request for a busy session waits for the turn (FIFO,
+ * bounded by the request timeout: 504 if its deadline passes first) instead
+ * of being refused with 409. A chat app may well send a follow-up while the
+ * reply to the previous message still streams, or retry after a timeout; as
+ * with messages posted to a conversation, users expect them answered in
+ * order with the earlier turn in the history, not an error every client has
+ * to retry around (OpenAI's Assistants API refuses a message while a run is
+ * active, and its clients poll). The wait costs a suspended connection and
+ * nothing else.
+ *
+ * Returns 0 when r holds the turn, 1 when it waits in line (holding a
+ * reference to r, dropped when it leaves the line), -1 when out of memory. */
+static int session_acquire(http_server *h, http_req *r, const char *id)
+{
+    pthread_mutex_lock(&h->session_mu);
+    session_turn *t = h->turns;
+    while (t && strcmp(t->id, id))
+        t = t->next;
+    int rc = 0;
+    if (!t) {
+        if ((t = calloc(1, sizeof *t))) {
+            snprintf(t->id, sizeof t->id, "%s", id);
+            t->next = h->turns;
+            h->turns = t;
+            r->turn = t;
+            r->turn_held = true;
+        } else {
+            rc = -1;
+        }
+    } else {
+        atomic_fetch_add(&r->refs, 1);
+        r->turn = t;
+        r->turn_next = NULL;
+        if (t->last)
+            t->last->turn_next = r;
+        else
+            t->first = r;
+        t->last = r;
+        rc = 1;
+    }
+    pthread_mutex_unlock(&h->session_mu);
+    return rc;
+}
+
+/* Let go of r's turn (if it holds one) and hand it to the next in line,
+ * waking its connection; the last holder frees the entry. */
+static void session_release(http_server *h, http_req *r)
+{
+    pthread_mutex_lock(&h->session_mu);
+    session_turn *t = r->turn_held ? r->turn : NULL;
+    http_req *next = NULL;
+    if (t) {
+        r->turn = NULL;
+        r->turn_held = false;
+        if ((next = t->first)) {
+            t->first = next->turn_next;
+            if (!t->first)
+                t->last = NULL;
+            next->turn_next = NULL;
+            next->turn_held = true;
+        } else {
+            session_turn **pp = &h->turns;
+            while (*pp != t)
+                pp = &(*pp)->next;
+            *pp = t->next;
+            free(t);
+        }
+    }
+    pthread_mutex_unlock(&h->session_mu);
+    if (!next)
+        return;
+    pthread_mutex_lock(&next->mu);
+    next->turn_granted = true;
+    bool wake = !next->conn_gone && take_suspended(next);
+    pthread_mutex_unlock(&next->mu);
+    if (wake)
+        MHD_resume_connection(next->conn);
+    req_release(next); /* the line's reference */
+}
+
+/* The connection of r is over: leave the line, or give up a turn that no
+ * job will release. */
+static void session_leave(http_server *h, http_req *r)
+{
+    pthread_mutex_lock(&h->session_mu);
+    session_turn *t = r->turn;
+    bool queued = t && !r->turn_held;
+    bool held = t && r->turn_held && !r->submitted;
+    if (queued) {
+        http_req **pp = &t->first, *prev = NULL;
+        while (*pp != r) {
+            prev = *pp;
+            pp = &(*pp)->turn_next;
+        }
+        *pp = r->turn_next;
+        if (t->last == r)
+            t->last = prev;
+        r->turn_next = NULL;
+        r->turn = NULL;
+    }
+    pthread_mutex_unlock(&h->session_mu);
+    if (queued)
+        req_release(r); /* the line's reference; the connection still has its own */
+    else if (held)
+        session_release(h, r);
+}
 
 /* ---- generation -------------------------------------------------------------- */
 
@@ -660,6 +863,8 @@ static sched_backend decide(http_server *h, http_req *r, sched *local, const api
         pol_env env;
         pol_env_init(&env);
         env.online = online_now(h);
+        remote_facts_into(h, &env);
+        device_facts_into(h, &env);
         sched_stats st;
         sched_get_stats(local, &st);
         env.local_tok_s = st.decode_tok_s;
@@ -677,6 +882,7 @@ static sched_backend decide(http_server *h, http_req *r, sched *local, const api
     if (d.max_tokens > 0 && d.max_tokens < j->max_tokens)
         j->max_tokens = d.max_tokens;
     snprintf(j->reason, sizeof j->reason, "%s", d.reason);
+    j->redact = d.redact;
     atomic_fetch_add(&h->route_decisions[d.target], 1);
 
     sched_backend local_be = sched_backend_local(local);
@@ -747,29 +953,19 @@ static enum MHD_Result refuse_job(http_req *r, sched *sc, int rc)
     return respond(h, r->conn, r->rt, status_for(rc), resp);
 }
 
-static enum MHD_Result start_generation(http_req *r)
+/* Build, route and submit the job of a validated request (holding its
+ * session's turn, if it names one). */
+static enum MHD_Result submit_generation(http_req *r, sched *sc)
 {
     http_server *h = r->h;
-    double t_arrival = sched_now();
     char err[256] = "", perr[256] = "";
     unsigned code = 400;
     api_request *q = &r->q;
-    int rc = r->rt == R_CHAT ? api_parse_chat(r->body, r->len, &h->limits, q, err)
-                             : api_parse_completion(r->body, r->len, &h->limits, q, err);
-    if (rc)
-        return respond_error(h, r->conn, r->rt, (unsigned)api_error_status(rc),
-                             api_error_code(rc), "%s", err);
-    if (q->kind == API_COMPLETION && q->outpost.session[0])
-        return respond_error(h, r->conn, r->rt, 400, "invalid_value",
-                             "outpost.session: sessions are for /v1/chat/completions");
-    sched *sc = find_model(h, q->model);
-    if (!sc)
-        return respond_error(h, r->conn, r->rt, 404, "model_not_found",
-                             "the model '%s' does not exist", q->model);
+    int rc;
     if (!(r->job = sched_job_new()))
         return respond_error(h, r->conn, r->rt, 500, "out_of_memory", "out of memory");
     sched_job *j = r->job;
-    j->t_arrival = t_arrival;
+    j->t_arrival = r->t_arrival;
     if (h->request_timeout_s > 0)
         j->deadline = j->t_arrival + h->request_timeout_s;
     j->uid = r->uid;
@@ -800,14 +996,21 @@ static enum MHD_Result start_generation(http_req *r)
     j->sink = (sched_sink){.ud = r, .on_piece = sink_piece, .on_done = sink_done,
                            .gone = sink_gone};
     atomic_fetch_add(&r->refs, 1); /* the job's reference */
+    /* Set before the job can finish; cleared again below if no backend
+     * took it (then no on_done will come). */
+    r->submitted = true;
     rc = be.submit(be.ud, j, err);
     if (rc && !local) {
-        /* The remote side refused at once: answer here, and say why. */
-        const char *target = j->route == STORE_ROUTE_PEER ? "peer" : "cloud";
-        snprintf(j->reason, sizeof j->reason, "%s_unreachable", target);
-        j->route = STORE_ROUTE_LOCAL;
+        /* The remote side refused at once: answer here, and say why (the
+         * backend's own reason, such as over_budget, when it gave one). */
+        const char *target = be.name ? be.name : "remote";
+        if (j->route != STORE_ROUTE_LOCAL) {
+            snprintf(j->reason, sizeof j->reason, "%s_unreachable", target);
+            j->route = STORE_ROUTE_LOCAL;
+        }
         if (prc) {
             atomic_fetch_sub(&r->refs, 1);
+            r->submitted = false;
             return respond_error(h, r->conn, r->rt, status_for(prc), code_for(prc),
                                  "%s (the policy chose the %s, which could not be reached: %s)",
                                  perr, target, err);
@@ -816,6 +1019,7 @@ static enum MHD_Result start_generation(http_req *r)
     }
     if (rc) {
         atomic_fetch_sub(&r->refs, 1);
+        r->submitted = false;
         return refuse_job(r, sc, rc);
     }
     r->in_flight = true;
@@ -829,6 +1033,84 @@ static enum MHD_Result start_generation(http_req *r)
     }
     pthread_mutex_unlock(&r->mu);
     return ready ? answer_generation(r) : MHD_YES;
+}
+
+/* submit_generation, then give back a session turn that no job will
+ * release. (Once submitted, r->turn belongs to the job's on_done.) */
+static enum MHD_Result run_generation(http_req *r, sched *sc)
+{
+    enum MHD_Result ret = submit_generation(r, sc);
+    if (!r->submitted && r->turn)
+        session_release(r->h, r);
+    return ret;
+}
+
+static enum MHD_Result start_generation(http_req *r)
+{
+    http_server *h = r->h;
+    r->t_arrival = sched_now();
+    char err[256] = "";
+    api_request *q = &r->q;
+    int rc = r->rt == R_CHAT ? api_parse_chat(r->body, r->len, &h->limits, q, err)
+                             : api_parse_completion(r->body, r->len, &h->limits, q, err);
+    if (rc)
+        return respond_error(h, r->conn, r->rt, (unsigned)api_error_status(rc),
+                             api_error_code(rc), "%s", err);
+    if (q->kind == API_COMPLETION && q->outpost.session[0])
+        return respond_error(h, r->conn, r->rt, 400, "invalid_value",
+                             "outpost.session: sessions are for /v1/chat/completions");
+    sched *sc = find_model(h, q->model);
+    if (!sc)
+        return respond_error(h, r->conn, r->rt, 404, "model_not_found",
+                             "the model '%s' does not exist", q->model);
+    const char *sid = q->outpost.session;
+    if (!sid[0] || !strcmp(sid, "new") || !h->svc.st)
+        return run_generation(r, sc);
+
+    /* Only the owner queues behind a session: anyone else gets the 404 at
+     * once. */
+    store_session sess;
+    if ((rc = store_session_get(h->svc.st, sid, r->uid, &sess, err))) {
+        if (rc == STORE_ENOTFOUND)
+            return respond_error(h, r->conn, r->rt, 404, "session_not_found", "no session '%s'",
+                                 sid);
+        return respond_error(h, r->conn, r->rt, 500, "session_error", "%s", err);
+    }
+    rc = session_acquire(h, r, sess.id);
+    if (rc < 0)
+        return respond_error(h, r->conn, r->rt, 500, "out_of_memory", "out of memory");
+    if (rc == 0)
+        return run_generation(r, sc);
+    pthread_mutex_lock(&r->mu);
+    bool granted = r->turn_granted;
+    if (!granted) {
+        r->ph = PH_TURN;
+        MHD_suspend_connection(r->conn);
+        r->suspended = true;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return granted ? run_generation(r, sc) : MHD_YES;
+}
+
+/* Woken with its session's turn: go on, unless the wait used up the
+ * request's time. */
+static enum MHD_Result resume_generation(http_req *r)
+{
+    http_server *h = r->h;
+    double waited_s = sched_now() - r->t_arrival;
+    if (h->request_timeout_s > 0 && waited_s >= h->request_timeout_s) {
+        session_release(h, r);
+        return respond_error(h, r->conn, r->rt, 504, "timeout",
+                             "the session's previous turn took the whole request timeout "
+                             "(%.0f s)", h->request_timeout_s);
+    }
+    sched *sc = find_model(h, r->q.model);
+    if (!sc) {
+        session_release(h, r);
+        return respond_error(h, r->conn, r->rt, 404, "model_not_found",
+                             "the model '%s' does not exist", r->q.model);
+    }
+    return run_generation(r, sc);
 }
 
 /* The closing events of a stream: the finish reason with the usage and
@@ -1061,6 +1343,83 @@ static void tb_histogram(textbuf *b, const char *name, const char *model, const 
               sum / 1000, name, model, (unsigned long long)cum);
 }
 
+/* The cloud spend (0 without a cloud), and per remote target whether it is
+ * reachable, its round trip and how its calls ended. */
+static void metrics_remotes(http_server *h, textbuf *b)
+{
+    cloud_facts f[2];
+    cloud *links[2] = {h->svc.peer_link, h->svc.cloud_link};
+    for (int i = 0; i < 2; i++)
+        if (links[i])
+            cloud_get_facts(links[i], &f[i]);
+    tb_printf(b, "# HELP outpost_cloud_spend_usd Estimated cloud spend this month.\n"
+                 "# TYPE outpost_cloud_spend_usd gauge\noutpost_cloud_spend_usd %.6f\n",
+              links[1] ? f[1].spend_usd_month : 0.0);
+    if (links[1] && !isnan(f[1].budget_usd_month))
+        tb_printf(b, "# HELP outpost_cloud_budget_usd The monthly cloud budget.\n"
+                     "# TYPE outpost_cloud_budget_usd gauge\noutpost_cloud_budget_usd %.6f\n",
+                  f[1].budget_usd_month);
+    if (!links[0] && !links[1])
+        return;
+    tb_printf(b, "# HELP outpost_remote_up 1 when the last probe or call reached the target.\n"
+                 "# TYPE outpost_remote_up gauge\n");
+    for (int i = 0; i < 2; i++)
+        if (links[i])
+            tb_printf(b, "outpost_remote_up{target=\"%s\"} %d\n", cloud_target(links[i]),
+                      f[i].online ? 1 : 0);
+    tb_printf(b, "# HELP outpost_remote_rtt_seconds Round trip of the last probe.\n"
+                 "# TYPE outpost_remote_rtt_seconds gauge\n");
+    for (int i = 0; i < 2; i++)
+        if (links[i] && !isnan(f[i].rtt_ms))
+            tb_printf(b, "outpost_remote_rtt_seconds{target=\"%s\"} %.6f\n",
+                      cloud_target(links[i]), f[i].rtt_ms / 1e3);
+    tb_printf(b, "# HELP outpost_remote_calls_total Jobs routed to a remote target, by how "
+                 "they ended (fallback: answered locally after a failed call; refused: "
+                 "answered locally at once).\n# TYPE outpost_remote_calls_total counter\n");
+    for (int i = 0; i < 2; i++) {
+        if (!links[i])
+            continue;
+        const char *t = cloud_target(links[i]);
+        tb_printf(b, "outpost_remote_calls_total{target=\"%s\",result=\"ok\"} %llu\n"
+                     "outpost_remote_calls_total{target=\"%s\",result=\"failed\"} %llu\n"
+                     "outpost_remote_calls_total{target=\"%s\",result=\"fallback\"} %llu\n"
+                     "outpost_remote_calls_total{target=\"%s\",result=\"refused\"} %llu\n",
+                  t, (unsigned long long)f[i].calls_ok, t, (unsigned long long)f[i].calls_failed,
+                  t, (unsigned long long)f[i].fallbacks, t, (unsigned long long)f[i].refused);
+    }
+}
+
+/* Known facts only: a gauge that is absent means "this device cannot say". */
+static void metrics_device_facts(http_server *h, textbuf *b)
+{
+    http_device_facts f = device_facts(h);
+    if (!isnan(f.battery_pct))
+        tb_printf(b, "# HELP outpost_battery_percent Battery charge (sensor plugins).\n"
+                     "# TYPE outpost_battery_percent gauge\noutpost_battery_percent %g\n",
+                  f.battery_pct);
+    if (f.on_ac >= 0)
+        tb_printf(b, "# HELP outpost_on_ac 1 on mains power, 0 on battery.\n"
+                     "# TYPE outpost_on_ac gauge\noutpost_on_ac %d\n", f.on_ac ? 1 : 0);
+    if (!isnan(f.temp_c))
+        tb_printf(b, "# HELP outpost_temperature_celsius The hottest thermal zone.\n"
+                     "# TYPE outpost_temperature_celsius gauge\noutpost_temperature_celsius %g\n",
+                  f.temp_c);
+    const struct { const char *name; double v; } psi[] = {
+        {"cpu", f.cpu_pressure_pct}, {"memory", f.mem_pressure_pct}, {"io", f.io_pressure_pct}};
+    bool head = false;
+    for (size_t i = 0; i < sizeof psi / sizeof psi[0]; i++) {
+        if (isnan(psi[i].v))
+            continue;
+        if (!head)
+            tb_printf(b, "# HELP outpost_pressure_stall_percent Share of the last 10 s some "
+                         "task stalled on the resource (PSI some avg10).\n"
+                         "# TYPE outpost_pressure_stall_percent gauge\n");
+        head = true;
+        tb_printf(b, "outpost_pressure_stall_percent{resource=\"%s\"} %g\n", psi[i].name,
+                  psi[i].v);
+    }
+}
+
 static enum MHD_Result answer_metrics(http_server *h, struct MHD_Connection *c)
 {
     textbuf b = {0};
@@ -1098,8 +1457,8 @@ static enum MHD_Result answer_metrics(http_server *h, struct MHD_Connection *c)
                       "outpost_policy_reloads_total %llu\n",
                   (unsigned long long)pc.errors, (unsigned long long)pc.reloads);
     }
-    tb_printf(&b, "# HELP outpost_cloud_spend_usd Estimated cloud spend this month.\n"
-                  "# TYPE outpost_cloud_spend_usd gauge\noutpost_cloud_spend_usd 0\n");
+    metrics_remotes(h, &b);
+    metrics_device_facts(h, &b);
     tb_printf(&b, "# HELP outpost_in_flight_requests Generation requests queued or running.\n"
                   "# TYPE outpost_in_flight_requests gauge\noutpost_in_flight_requests %d\n",
               atomic_load(&h->in_flight));
@@ -1296,6 +1655,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         if (r->ph == PH_BODY)
             return answer_body(r);
+        if (r->ph == PH_TURN)
+            return resume_generation(r);
         if (r->ph == PH_WAIT)
             return answer_generation(r);
         return MHD_YES;
@@ -1388,6 +1749,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (r->job && !r->job_done)
         atomic_store(&r->job->cancel, true);
     pthread_mutex_unlock(&r->mu);
+    session_leave(r->h, r);
     req_release(r);
 }
 
@@ -1599,6 +1961,9 @@ int http_start(http_server **out, const http_opts *o, char err[256])
     atomic_init(&h->in_flight, 0);
     pthread_rwlock_init(&h->access_lock, NULL);
     pthread_mutex_init(&h->online_mu, NULL);
+    pthread_mutex_init(&h->facts_mu, NULL);
+    http_device_facts_unknown(&h->facts);
+    pthread_mutex_init(&h->session_mu, NULL);
     static const char ok_body[] = "{\"status\":\"ok\"}";
     static const char loading_body[] = "{\"status\":\"loading\"}";
     h->health_ok = MHD_create_response_from_buffer(sizeof ok_body - 1, (void *)ok_body,
@@ -1693,6 +2058,13 @@ void http_stop(http_server *h)
         MHD_destroy_response(h->health_loading);
     pthread_rwlock_destroy(&h->access_lock);
     pthread_mutex_destroy(&h->online_mu);
+    pthread_mutex_destroy(&h->facts_mu);
+    pthread_mutex_destroy(&h->session_mu);
+    while (h->turns) { /* only when a daemon stopped with requests in line */
+        session_turn *t = h->turns;
+        h->turns = t->next;
+        free(t);
+    }
     free(h->uids);
     free(h->gids);
     free(h->api_key);

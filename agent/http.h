@@ -30,6 +30,7 @@
 #include <sys/types.h>
 
 #include "api.h"
+#include "cloud.h"
 #include "pii.h"
 #include "pol.h"
 #include "scheduler.h"
@@ -74,11 +75,29 @@ typedef struct http_services {
     size_t n_models;
     size_t default_model;
     sched_backend peer, cloud;
+    /* The remote backends behind peer and cloud (NULL: not configured): their
+       reachability, RTT and spend go into the policy's env and /metrics. */
+    cloud *peer_link, *cloud_link;
     /* POST /v1/policy/reload (and SIGHUP, through the caller): reload the
        policy and what of the config can change at run time. */
     int (*reload)(void *ud, char err[256]);
     void *reload_ud;
 } http_services;
+
+/* What the sensor plugins last read (serve.c samples them): NaN, or -1 for
+ * on_ac, when unknown. The policy's env gets battery_pct, on_ac and temp_c
+ * (nil when unknown); /metrics shows each known fact as a gauge. */
+typedef struct http_device_facts {
+    double battery_pct;      /* 0..100 */
+    int on_ac;               /* 1 on mains, 0 on battery, -1 unknown */
+    double temp_c;           /* the hottest thermal zone */
+    double cpu_pressure_pct; /* PSI "some" avg10 */
+    double mem_pressure_pct;
+    double io_pressure_pct;
+} http_device_facts;
+
+/* Every fact unknown. */
+void http_device_facts_unknown(http_device_facts *f);
 
 typedef struct http_server http_server;
 
@@ -90,6 +109,10 @@ int http_start(http_server **out, const http_opts *o, char err[256]);
  * answer 503 again (false). Call with ready once the models are loaded. */
 void http_set_services(http_server *h, const http_services *svc);
 void http_set_ready(http_server *h, bool ready);
+
+/* Replace the device facts routing and /metrics see (copies; any thread).
+ * Until the first call every fact is unknown. */
+void http_set_device_facts(http_server *h, const http_device_facts *f);
 
 /* The TCP port actually bound (after tcp_port 0), or 0 with no TCP. */
 int http_tcp_port(const http_server *h);

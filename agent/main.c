@@ -27,6 +27,7 @@ static const command commands[] = {
     {"serve", cmd_serve, "run the agent: the OpenAI-compatible API on a socket"},
     {"chat", cmd_chat, "send a message to the running agent and print the reply"},
     {"status", cmd_status, "show whether the agent is up, its models and counters"},
+    {"ota", cmd_ota, "make keys, sign and verify files (minisign format)"},
 };
 
 static void usage(FILE *f)

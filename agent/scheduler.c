@@ -15,6 +15,40 @@
  * them), and a tail that could still grow into a stop string is held until
  * it either does (then it and everything after are dropped) or cannot.
  *
+ * Saved sessions. The live cache serves one conversation at a time; the
+ * others keep theirs in <kv_dir>/<session>.kv (engine/kv_state.c writes and
+ * checks the files). The rules, and why:
+ *  - A session's state is saved when the worker turns from it to a job of
+ *    another session or of none, and when the worker stops (SIGTERM drain),
+ *    not after every turn: a conversation in progress stays live and costs
+ *    no disk writes (flash wears), and the file is written once per switch.
+ *    The switching job pays for that write; tests/bench/kv_restore.sh
+ *    measures it.
+ *  - Only sessions are saved (a request without one has nobody to come
+ *    back), only states of at least KV_SAVE_MIN_TOKENS positions (shorter
+ *    ones prefill about as fast as they load), and only when the file fits
+ *    the disk budget after evicting the least recently used other sessions'
+ *    files (store_sessions_lru). A state larger than the whole budget is not
+ *    saved, and the session's older, shorter file stays.
+ *  - A job of session S whose tokens the live cache does not hold (the live
+ *    cache is another session's) looks for S's file: its token ids are read
+ *    first, and the rows are loaded only when the file shares a longer
+ *    prefix with the prompt than the live cache does. The usual prefix match
+ *    then decides what is reused, so cached_tokens counts restored tokens.
+ *    A file that cannot be used (damaged, from another model or KV type) is
+ *    logged in one line naming it, removed, and the prompt is prefilled.
+ *  - The live cache is reused only by jobs of the uid whose job filled it:
+ *    cached_tokens (and the time to the first token) would otherwise tell
+ *    one user whether another's conversation begins with a given text.
+ *  - A file is recorded in the store only after it is complete (written to a
+ *    temporary, fsynced, renamed); a file the store does not know, or a row
+ *    whose file is gone, is cleaned up at start, and a start with a budget
+ *    smaller than the files (0: none) evicts down to it.
+ *  - Deleting a session (DELETE /v1/sessions/ID, retention) removes its file
+ *    through the path the store returns; a session deleted while it is live
+ *    here is noticed when saving (the store no longer knows it) and its new
+ *    file removed.
+ *
  * Locks: `mu` guards the queue, the running-job pointer, the closing and
  * stop flags and the statistics. The worker never holds it while evaluating.
  */
@@ -23,6 +57,7 @@
 #include "chat.h"
 
 #include <assert.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -30,7 +65,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 const double sched_ttft_bounds_ms[SCHED_TTFT_BUCKETS] = {
     5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000};
@@ -39,6 +76,8 @@ const double sched_token_bounds_ms[SCHED_TOKEN_BUCKETS] = {
 
 /* Prompt tokens evaluated between two looks at the cancel flag. */
 #define PREFILL_CHUNK 256
+/* Saved KV states shorter than this are not written (see the top). */
+#define KV_SAVE_MIN_TOKENS 8
 
 struct sched {
     char name[STORE_NAME_MAX + 1];
@@ -61,14 +100,20 @@ struct sched {
     pthread_t thread;
     sched_job **queue;      /* ring of queue_max slots */
     size_t q_cap, q_head, q_len;
-    sched_job *running;
+    sched_job *running;     /* NULL again before its on_done (stats.busy lasts past it) */
     bool closing;           /* submit refuses */
     bool stop;              /* the worker exits once the queue is empty */
     sched_stats stats;
 
+    char *kv_dir;           /* saved sessions, or NULL */
+    int64_t kv_budget_bytes;
+
     /* worker-only */
     int32_t *cached;
     size_t n_cached, cap_cached;
+    char live_session[STORE_ID_SIZE]; /* whose conversation `cached` is, "" none */
+    uid_t live_uid;         /* the uid of the job that filled it */
+    bool live_dirty;        /* it changed since it was last saved or restored */
     double *lat_ms;         /* per-token latencies of the running job */
     size_t cap_lat;
 };
@@ -103,6 +148,7 @@ static const char *status_name(const sched_job *j)
     case SCHED_EINPUT: return "bad_input";
     case SCHED_EENGINE: return "engine_error";
     case SCHED_ETIMEOUT: return "timeout";
+    case SCHED_EREMOTE: return "remote_error";
     default: return "error";
     }
 }
@@ -221,6 +267,7 @@ int sched_job_record(store *st, const sched_job *j, char err[256])
         .decode_tok_s = j->decode_tok_s,
         .token_p50_ms = j->token_p50_ms,
         .token_p95_ms = j->token_p95_ms,
+        .cost_usd = j->cost_usd,
         .status = status_name(j),
     };
     int rc2 = store_request_insert(st, &r, row_err);
@@ -242,9 +289,10 @@ static int64_t effective_max_tokens(const sched *s, int64_t asked)
 }
 
 /* The conversation in the model's chat format: the leading system
- * messages, then the messages from `first` on, and the assistant's cue. */
+ * messages, then the messages from `first` on, and the assistant's cue;
+ * *scaffold says where the template's own text is (see tokenize). */
 static int render(const sched *s, const sched_job *j, size_t n_sys, size_t first, char **out,
-                  size_t *out_len, char err[256])
+                  size_t *out_len, tok_range **scaffold, size_t *n_scaffold, char err[256])
 {
     chat_msg *cm = malloc((j->n_msgs ? j->n_msgs : 1) * sizeof *cm);
     if (!cm) {
@@ -255,19 +303,23 @@ static int render(const sched *s, const sched_job *j, size_t n_sys, size_t first
     for (size_t i = 0; i < j->n_msgs; i++)
         if (i < n_sys || i >= first)
             cm[n++] = (chat_msg){j->msgs[i].role, j->msgs[i].content, j->msgs[i].len};
-    int rc = chat_render(&s->tmpl, cm, n, true, out, out_len, err);
+    int rc = chat_render_spans(&s->tmpl, cm, n, true, out, out_len, scaffold, n_scaffold, err);
     free(cm);
     if (rc)
         return rc == CHAT_ENOMEM ? SCHED_ENOMEM : SCHED_EINPUT;
     return SCHED_OK;
 }
 
-static int tokenize(const sched *s, const char *text, size_t len, int32_t **ids, size_t *n,
-                    char err[256])
+/* Control-token text becomes control tokens only inside the scaffold
+ * spans (a chat template's own text); anything a client wrote (message
+ * content, a raw prompt: no spans) is plain text, so it cannot forge a
+ * turn or an end of text. */
+static int tokenize(const sched *s, const char *text, size_t len, const tok_range *scaffold,
+                    size_t n_scaffold, int32_t **ids, size_t *n, char err[256])
 {
-    unsigned flags = TOK_PARSE_SPECIAL | (tok_add_bos_default(s->tk) ? TOK_ADD_BOS : 0);
+    unsigned flags = tok_add_bos_default(s->tk) ? TOK_ADD_BOS : 0;
     char terr[256];
-    int rc = tok_encode(s->tk, text, len, flags, ids, n, terr);
+    int rc = tok_encode_spans(s->tk, text, len, flags, scaffold, n_scaffold, ids, n, terr);
     if (rc) {
         snprintf(err, 256, "prompt: %s", terr);
         return rc == TOK_ENOMEM ? SCHED_ENOMEM : SCHED_EINPUT;
@@ -304,7 +356,7 @@ int sched_prepare(sched *s, sched_job *j, char err[256])
 
     int rc;
     if (j->raw) {
-        if ((rc = tokenize(s, j->prompt ? j->prompt : "", j->prompt_len, &j->tokens,
+        if ((rc = tokenize(s, j->prompt ? j->prompt : "", j->prompt_len, NULL, 0, &j->tokens,
                            &j->n_tokens, err)))
             return rc;
         j->full_tokens = (int64_t)j->n_tokens;
@@ -335,10 +387,13 @@ int sched_prepare(sched *s, sched_job *j, char err[256])
         size_t len = 0;
         int32_t *ids = NULL;
         size_t n = 0;
-        if ((rc = render(s, j, n_sys, first, &text, &len, err)))
+        tok_range *scaffold = NULL;
+        size_t n_scaffold = 0;
+        if ((rc = render(s, j, n_sys, first, &text, &len, &scaffold, &n_scaffold, err)))
             return rc;
-        rc = tokenize(s, text, len, &ids, &n, err);
+        rc = tokenize(s, text, len, scaffold, n_scaffold, &ids, &n, err);
         free(text);
+        free(scaffold);
         if (rc)
             return rc;
         if (first == n_sys)
@@ -550,6 +605,181 @@ static void cached_cut(sched *s, size_t n)
     eng_kv_truncate(s->ctx, (int32_t)s->n_cached);
 }
 
+/* ---- saved sessions ------------------------------------------------------- */
+
+static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_t nb)
+{
+    size_t n = 0;
+    while (n < na && n < nb && a[n] == b[n])
+        n++;
+    return n;
+}
+
+static bool kv_on(const sched *s) { return s->kv_dir && s->st; }
+
+static void kv_path_of(const sched *s, const char *session, char *out, size_t size)
+{
+    snprintf(out, size, "%s/%s.kv", s->kv_dir, session);
+}
+
+static void kv_count(sched *s, uint64_t *counter)
+{
+    pthread_mutex_lock(&s->mu);
+    (*counter)++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Remove a session's saved state, file and row. */
+static void kv_forget(sched *s, const char *session, const char *path)
+{
+    char err[256];
+    unlink(path);
+    int rc = store_session_set_kv(s->st, session, NULL, 0, 0, err);
+    if (rc && rc != STORE_ENOTFOUND)
+        fprintf(stderr, "outpost serve: session %s: forgetting its KV state: %s\n", session, err);
+}
+
+/* Evict least recently used saved states, except `keep_id`'s, until `need`
+ * more bytes fit the budget. False when they cannot. */
+static bool kv_make_room(sched *s, const char *keep_id, int64_t need)
+{
+    store_kv_entry *v = NULL;
+    size_t n = 0;
+    char err[256];
+    if (store_sessions_lru(s->st, 0, &v, &n, err)) {
+        fprintf(stderr, "outpost serve: saved KV states: %s\n", err);
+        return false;
+    }
+    int64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!keep_id || strcmp(v[i].id, keep_id))
+            total += v[i].kv_bytes;
+    for (size_t i = 0; i < n && total + need > s->kv_budget_bytes; i++) {
+        if (keep_id && !strcmp(v[i].id, keep_id))
+            continue;
+        kv_forget(s, v[i].id, v[i].kv_path);
+        total -= v[i].kv_bytes;
+        kv_count(s, &s->stats.kv_evictions);
+    }
+    free(v);
+    return total + need <= s->kv_budget_bytes;
+}
+
+/* Save the live session's cache if it changed and the budget allows it. */
+static void kv_park(sched *s)
+{
+    if (!s->live_dirty || !s->live_session[0] || !kv_on(s) || s->kv_budget_bytes <= 0 ||
+        s->n_cached < KV_SAVE_MIN_TOKENS)
+        return;
+    s->live_dirty = false;
+    const char *id = s->live_session;
+    int64_t need = (int64_t)eng_kv_file_bytes(s->ctx, (int32_t)s->n_cached);
+    if (need > s->kv_budget_bytes || !kv_make_room(s, id, need))
+        return;
+    char path[STORE_PATH_MAX + 1], err[256];
+    kv_path_of(s, id, path, sizeof path);
+    if (eng_kv_save(s->ctx, path, s->cached, (int32_t)s->n_cached, err)) {
+        fprintf(stderr, "outpost serve: session %s: KV state not saved: %s\n", id, err);
+        return;
+    }
+    int rc = store_session_set_kv(s->st, id, path, (int64_t)s->n_cached, need, err);
+    if (rc) {
+        /* Deleted meanwhile (STORE_ENOTFOUND), or the store failed: a file
+         * the store does not list would sit outside the budget. */
+        if (rc != STORE_ENOTFOUND)
+            fprintf(stderr, "outpost serve: session %s: recording its KV state: %s\n", id, err);
+        unlink(path);
+        return;
+    }
+    kv_count(s, &s->stats.kv_saves);
+}
+
+/* Before prefilling a job of a session that is not live: load the session's
+ * saved state when it shares a longer prefix with the prompt than the live
+ * cache does (*keep). Updates *keep and the cached token list. */
+static void kv_restore(sched *s, sched_job *j, size_t *keep)
+{
+    store_session sess;
+    char err[256];
+    if (!kv_on(s) || store_session_get(s->st, j->session_id, j->uid, &sess, err) ||
+        !sess.kv_path[0])
+        return;
+    int32_t *ids = NULL, n = 0;
+    int rc = eng_kv_peek(s->ctx, sess.kv_path, &ids, &n, err);
+    if (!rc) {
+        size_t m = common_prefix(ids, (size_t)n, j->tokens, j->n_tokens);
+        free(ids);
+        ids = NULL;
+        if (m <= *keep)
+            return; /* the live cache serves this prompt as well */
+        rc = eng_kv_load(s->ctx, sess.kv_path, &ids, &n, err);
+    }
+    if (rc) {
+        fprintf(stderr, "outpost serve: session %s: saved KV state not used, prefilling: %s\n",
+                j->session_id, err);
+        kv_count(s, &s->stats.kv_restore_failures);
+        kv_forget(s, j->session_id, sess.kv_path);
+        /* A load that failed while reading rows leaves the cache empty. */
+        size_t left = (size_t)eng_n_past(s->ctx);
+        if (left < s->n_cached)
+            s->n_cached = left;
+        if (*keep > s->n_cached)
+            *keep = s->n_cached;
+        return;
+    }
+    s->n_cached = 0;
+    if (cached_push(s, ids, (size_t)n)) {
+        free(ids);
+        eng_kv_truncate(s->ctx, 0);
+        *keep = 0;
+        return;
+    }
+    free(ids);
+    *keep = common_prefix(s->cached, s->n_cached, j->tokens, j->n_tokens);
+    kv_count(s, &s->stats.kv_restores);
+}
+
+/* At start: drop files the store does not list and leftovers of
+ * interrupted writes, rows whose file is gone, and what exceeds the budget. */
+static void kv_sweep(sched *s)
+{
+    store_kv_entry *v = NULL;
+    size_t n = 0;
+    char err[256], path[STORE_PATH_MAX + 1];
+    if (store_sessions_lru(s->st, 0, &v, &n, err)) {
+        fprintf(stderr, "outpost serve: saved KV states: %s\n", err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct stat st;
+        if (stat(v[i].kv_path, &st) != 0)
+            kv_forget(s, v[i].id, v[i].kv_path);
+    }
+    DIR *d = opendir(s->kv_dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            /* only names this file gives: <32 hex>.kv[.tmp.XXXXXX] */
+            const char *name = e->d_name;
+            const char *ext = name + STORE_ID_SIZE - 1;
+            if (strspn(name, "0123456789abcdef") != STORE_ID_SIZE - 1 ||
+                (strcmp(ext, ".kv") && strncmp(ext, ".kv.tmp.", 8)))
+                continue;
+            snprintf(path, sizeof path, "%s/%s", s->kv_dir, name);
+            bool listed = false;
+            for (size_t i = 0; i < n && !listed; i++)
+                listed = !strcmp(v[i].kv_path, path);
+            if (!listed)
+                unlink(path);
+        }
+        closedir(d);
+    }
+    free(v);
+    if (!kv_make_room(s, NULL, 0))
+        fprintf(stderr, "outpost serve: saved KV states exceed the budget of %lld bytes\n",
+                (long long)s->kv_budget_bytes);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -610,13 +840,20 @@ static void fail_job(sched_job *j, int status, const char *msg)
 static bool prefill(sched *s, sched_job *j)
 {
     size_t n = j->n_tokens;
-    size_t keep = 0;
-    while (keep < s->n_cached && keep < n && s->cached[keep] == j->tokens[keep])
-        keep++;
+    bool same_session = j->session_id[0] && !strcmp(s->live_session, j->session_id);
+    if (!same_session)
+        kv_park(s);
+    size_t keep = s->live_uid == j->uid ? common_prefix(s->cached, s->n_cached, j->tokens, n) : 0;
+    if (j->session_id[0] && !same_session)
+        kv_restore(s, j, &keep);
     if (keep == n)
         keep = n - 1; /* the last prompt token's logits are needed */
     cached_cut(s, keep);
     j->cached_tokens = (int64_t)keep;
+    /* The cache is this job's from here on. */
+    snprintf(s->live_session, sizeof s->live_session, "%s", j->session_id);
+    s->live_uid = j->uid;
+    s->live_dirty = j->session_id[0] != '\0';
     char err[256];
     for (size_t i = keep; i < n;) {
         if (job_cancelled(j)) {
@@ -785,6 +1022,11 @@ done:
     update_stats(s, j, n_lat, sched_now() - t_start);
     if (sched_job_record(s->st, j, err))
         fprintf(stderr, "outpost serve: telemetry for request %s: %s\n", j->request_id, err);
+    /* The caller may free the job as soon as on_done is called: drain must
+     * no longer find it (it still waits for `busy`). */
+    pthread_mutex_lock(&s->mu);
+    s->running = NULL;
+    pthread_mutex_unlock(&s->mu);
     j->sink.on_done(j->sink.ud, j);
 }
 
@@ -806,11 +1048,12 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&s->mu);
         run_job(s, j);
         pthread_mutex_lock(&s->mu);
-        s->running = NULL;
         s->stats.busy = false;
         pthread_cond_broadcast(&s->cv_idle);
     }
     pthread_mutex_unlock(&s->mu);
+    /* Stopping: the live session is saved so a restart can resume it. */
+    kv_park(s);
     return NULL;
 }
 
@@ -847,6 +1090,11 @@ int sched_open(sched **out, const sched_opts *o, char err[256])
     s->max_tokens_default = o->max_tokens_default > 0 ? o->max_tokens_default : 256;
     s->max_tokens_limit = o->max_tokens_limit;
     s->max_prompt_tokens = o->max_prompt_tokens;
+    s->kv_budget_bytes = o->kv_budget_bytes > 0 ? o->kv_budget_bytes : 0;
+    if (o->kv_dir && o->st && !(s->kv_dir = strdup(o->kv_dir))) {
+        snprintf(err, 256, "out of memory");
+        goto fail;
+    }
     if (!(s->queue = calloc(s->q_cap, sizeof *s->queue))) {
         snprintf(err, 256, "out of memory for a queue of %zu", s->q_cap);
         goto fail;
@@ -909,6 +1157,8 @@ int sched_open(sched **out, const sched_opts *o, char err[256])
         rc = SCHED_ELOAD;
         goto fail;
     }
+    if (kv_on(s))
+        kv_sweep(s);
     if (pthread_create(&s->thread, NULL, worker_main, s)) {
         snprintf(err, 256, "cannot start the engine worker thread");
         goto fail;
@@ -933,7 +1183,7 @@ int sched_drain(sched *s, int timeout_ms)
         deadline.tv_sec++;
         deadline.tv_nsec -= 1000000000L;
     }
-    while ((s->q_len || s->running) && timeout_ms > 0)
+    while ((s->q_len || s->stats.busy) && timeout_ms > 0)
         if (pthread_cond_timedwait(&s->cv_idle, &s->mu, &deadline) == ETIMEDOUT)
             break;
     int n = (int)s->q_len + (s->running ? 1 : 0);
@@ -941,7 +1191,7 @@ int sched_drain(sched *s, int timeout_ms)
         atomic_store(&s->queue[(s->q_head + i) % s->q_cap]->cancel, true);
     if (s->running)
         atomic_store(&s->running->cancel, true);
-    while (s->q_len || s->running)
+    while (s->q_len || s->stats.busy)
         pthread_cond_wait(&s->cv_idle, &s->mu);
     pthread_mutex_unlock(&s->mu);
     return n;
@@ -968,6 +1218,7 @@ void sched_close(sched *s)
     eng_ctx_free(s->ctx);
     eng_model_close(s->model);
     free(s->queue);
+    free(s->kv_dir);
     free(s->cached);
     free(s->lat_ms);
     free(s);

@@ -10,6 +10,13 @@
  * piece of text to the job's sink as soon as it is known not to be part of a
  * stop string.
  *
+ * The KV cache of a session can outlive the worker's one live cache: when
+ * the worker turns from a session to other work, and when it stops, it
+ * saves the session's cache to <kv_dir>/<session>.kv (within a disk budget,
+ * least recently used sessions evicted first), and a later turn of that
+ * session starts from the file when the live cache holds something else.
+ * See scheduler.c for when exactly.
+ *
  * A job is a plain record passed between modules. The caller (the HTTP
  * front) creates it, fills in the request, prepares it (sched_prepare:
  * chat template, tokenize, fit into the context) and hands it to a backend:
@@ -47,6 +54,7 @@ enum {
     SCHED_EENGINE = -6,  /* the engine failed while evaluating */
     SCHED_ELOAD = -7,    /* the model could not be loaded */
     SCHED_ETIMEOUT = -8, /* the request's deadline passed (text so far is kept) */
+    SCHED_EREMOTE = -9,  /* a peer or cloud backend failed after part of its reply */
 };
 
 #define SCHED_MAX_STOP 16
@@ -101,6 +109,8 @@ struct sched_job {
     char model[STORE_NAME_MAX + 1]; /* the model name reported and recorded */
     store_route route;        /* where it was answered, with the policy's reason */
     char reason[POL_REASON_MAX];
+    bool redact;              /* the policy asked for PII to be replaced before the
+                                 request leaves the device (remote backends' hooks) */
     double t_arrival;         /* sched_now() when the request was complete */
     double deadline;          /* sched_now() time the job must end by; 0: none */
     sched_sink sink;
@@ -122,6 +132,7 @@ struct sched_job {
     double ttft_ms;           /* arrival to first token; < 0: none */
     double decode_tok_s, token_p50_ms, token_p95_ms; /* < 0: not measured */
     char *text;               /* everything sent to on_piece, NUL-terminated */
+    double cost_usd;          /* cloud cost estimate (0 for local), recorded with it */
     size_t text_len, text_cap;
 };
 
@@ -159,6 +170,12 @@ typedef struct sched_opts {
     const char *chat_template; /* a chat_ family name; NULL: from the model's metadata */
     bool warmup;               /* evaluate a token at load so the first request is fast */
     store *st;                 /* telemetry and sessions; NULL: nothing recorded */
+    /* Saved KV states of sessions (needs st): the directory they go to
+     * (it must exist; NULL: none are saved or restored) and the disk budget
+     * all of them share (<= 0: none are kept; sched_open removes any left
+     * by an earlier run). */
+    const char *kv_dir;
+    int64_t kv_budget_bytes;
 } sched_opts;
 
 typedef struct sched sched;
@@ -209,12 +226,19 @@ typedef struct sched_stats {
     double ttft_sum_ms;
     uint64_t token_counts[SCHED_TOKEN_BUCKETS + 1];
     double token_sum_ms;
+    /* saved KV states: written, restored into the live cache, refused on
+     * restore (damaged, from another model), and removed to fit the budget */
+    uint64_t kv_saves, kv_restores, kv_restore_failures, kv_evictions;
 } sched_stats;
 
 void sched_get_stats(sched *s, sched_stats *out);
 
 /* Anything that answers jobs: the local engine or a remote backend
- * (peer/cloud plugins). submit has sched_submit's contract. */
+ * (peer/cloud plugins, agent/cloud.h). submit has sched_submit's contract.
+ * A remote backend that refuses a job may first set job->route to
+ * STORE_ROUTE_LOCAL and job->reason to say why (e.g. "over_budget"); a
+ * refusal that leaves the route as it was is answered locally with reason
+ * "<name>_unreachable". */
 typedef struct sched_backend {
     const char *name;
     void *ud;

@@ -16,6 +16,19 @@
  * listeners and the state directory need a restart; a reload that changes
  * them says so. POST /v1/policy/reload runs the same reload.
  *
+ * Plugins (plugins/outpost_plugin.h) load after the PII detector, from
+ * plugins.dir, every name in plugins.enabled; a plugin the loader refuses
+ * costs one log line and the agent goes on without it. An agent run from
+ * its build tree (the binary is <build>/agent/outpost) and given no
+ * plugins.dir loads the plugins built beside it, <build>/plugins, so tests
+ * and developers need no --plugin-dir; an installed agent uses
+ * libdir/outpost/plugins. Peer and cloud are backend-openai instances wrapped
+ * in the cloud_ module's call pool (agent/cloud.h), which also runs the
+ * hook plugins before a request leaves the device. Sensor plugins are
+ * opened on sensors.root and read by the main thread (the housekeeping
+ * timer, with retention) every sensors.interval_s; their facts reach the
+ * policy's env and /metrics through http_set_device_facts().
+ *
  * sd_notify is the NOTIFY_SOCKET datagram protocol written out here
  * (READY=1, RELOADING=1, STOPPING=1, STATUS=...): a few lines, no libsystemd.
  */
@@ -36,9 +49,11 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cloud.h"
 #include "config.h"
 #include "http.h"
 #include "pii.h"
+#include "plugin.h"
 #include "pol.h"
 #include "scheduler.h"
 #include "store.h"
@@ -66,6 +81,7 @@ static const char usage_text[] =
     "      --lua-dir DIR     where the policy's require() looks\n"
     "      --peer URL        another Outpost to offload to\n"
     "      --cloud URL       an OpenAI-compatible cloud API (key in OUTPOST_CLOUD_KEY)\n"
+    "      --plugin-dir DIR  where plugins are loaded from\n"
     "      --set KEY=VALUE   any config key, e.g. --set limits.queue_depth=4\n"
     "  -h, --help            this text\n"
     "\n"
@@ -74,7 +90,7 @@ static const char usage_text[] =
     "Exit status: 0 after a clean stop, 1 runtime failure, 2 usage or config error.\n";
 
 enum { OPT_SOCKET = 256, OPT_LISTEN, OPT_STATE_DIR, OPT_POLICY, OPT_LUA_DIR, OPT_PEER,
-       OPT_CLOUD, OPT_SET };
+       OPT_CLOUD, OPT_SET, OPT_PLUGIN_DIR };
 
 static const struct option long_opts[] = {
     {"config", required_argument, NULL, 'c'},
@@ -87,6 +103,7 @@ static const struct option long_opts[] = {
     {"peer", required_argument, NULL, OPT_PEER},
     {"cloud", required_argument, NULL, OPT_CLOUD},
     {"set", required_argument, NULL, OPT_SET},
+    {"plugin-dir", required_argument, NULL, OPT_PLUGIN_DIR},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -110,6 +127,24 @@ typedef struct serve_state {
     size_t n_models;
     char *peer_url, *cloud_url;
     pthread_mutex_t reload_mu;
+    /* Plugins: the host table they all get (ctx = this state), every plugin
+     * loaded (refused ones are not here), the directory they came from. */
+    outpost_host host;
+    plug **plugins;
+    size_t n_plugins;
+    char *plugin_dir;
+    /* Remote targets: hook instances, the backend plugin's instances for
+     * peer and cloud, and the call pools around them (NULL: none). */
+    cloud_hook *hooks;
+    size_t n_hooks;
+    const outpost_backend_ops *backend;
+    void *peer_inst, *cloud_inst;
+    cloud *peer, *cloud;
+    /* Sensor plugins, opened on sensors.root and read by the main thread
+     * (see "sensors" below); interval and root are fixed at start. */
+    struct sensor_slot *sensors;
+    size_t n_sensors;
+    double sensor_interval_s;
 } serve_state;
 
 /* ---- sd_notify --------------------------------------------------------------- */
@@ -190,6 +225,11 @@ static void policy_log(void *ud, const char *line)
     fprintf(stderr, "outpost serve: policy: %s\n", line);
 }
 
+static bool same_str(const char *a, const char *b)
+{
+    return (a == NULL) == (b == NULL) && (!a || strcmp(a, b) == 0);
+}
+
 /* SIGHUP and POST /v1/policy/reload. */
 static int reload(void *ud, char err[256])
 {
@@ -204,6 +244,15 @@ static int reload(void *ud, char err[256])
             (old_tcp == NULL) != (new_tcp == NULL) || (old_tcp && strcmp(old_tcp, new_tcp)) ||
             strcmp(S->conf->state_dir, c->state_dir))
             fprintf(stderr, "outpost serve: reload: listeners and state_dir change only on "
+                            "restart\n");
+        if (!same_str(S->conf->peer.url, c->peer.url) ||
+            !same_str(S->conf->cloud.url, c->cloud.url) ||
+            !same_str(S->conf->cloud.model, c->cloud.model) ||
+            !same_str(S->conf->peer.api_key, c->peer.api_key) ||
+            !same_str(S->conf->cloud.api_key, c->cloud.api_key) ||
+            memcmp(&S->conf->cloud.budget_usd_month, &c->cloud.budget_usd_month, sizeof(double)) ||
+            S->conf->cloud.price_per_1k_tokens != c->cloud.price_per_1k_tokens)
+            fprintf(stderr, "outpost serve: reload: peer and cloud settings change only on "
                             "restart\n");
         rc = http_set_access(S->http, c->listen.allowed_uids.v, c->listen.allowed_uids.n,
                              c->listen.allowed_gids.v, c->listen.allowed_gids.n,
@@ -255,15 +304,386 @@ static void prune(serve_state *S)
     store_prune_result_free(&res);
 }
 
-/* Peer and cloud are answered by backend plugins (the libcurl client), which
- * this build does not load yet. A configured URL still gets a backend, one
- * that refuses every job, so a request routed there is answered locally
- * with reason "<target>_unreachable" rather than "<target>_unconfigured". */
-static int unloaded_submit(void *ud, sched_job *job, char err[256])
+/* ---- plugins ------------------------------------------------------------------------ */
+
+/* Remote calls: per attempt, the whole call (retries included) is bounded
+ * by limits.request_timeout_s. */
+#define REMOTE_CONNECT_TIMEOUT_MS 3000
+#define REMOTE_RETRIES 2
+#define REMOTE_THREADS 4
+#define REMOTE_QUEUE 8
+#define REMOTE_PROBE_INTERVAL_S 30.0
+
+static void host_log(void *ctx, const char *plugin, const char *line)
+{
+    (void)ctx;
+    fprintf(stderr, "outpost serve: plugin %s: %s\n", plugin ? plugin : "?", line ? line : "");
+}
+
+static void *host_alloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    return malloc(size ? size : 1);
+}
+
+static void host_free(void *ctx, void *p)
+{
+    (void)ctx;
+    free(p);
+}
+
+/* The agent's PII detector for hook-redact: the findings are counted by a
+ * scan, then replaced by their tags (both the same detector, so the count
+ * is what was replaced). */
+static int host_pii_redact(void *ctx, const char *text, size_t len, char **out, size_t *out_len,
+                           size_t *n_found, char err[OUTPOST_PLUGIN_ERR_SIZE])
+{
+    serve_state *S = ctx;
+    *out = NULL;
+    *out_len = 0;
+    if (n_found)
+        *n_found = 0;
+    if (!S->pii) {
+        snprintf(err, OUTPOST_PLUGIN_ERR_SIZE, "the agent has no PII detector");
+        return OUTPOST_EINPUT;
+    }
+    pii_finding *f = NULL;
+    size_t nf = 0;
+    int rc = pii_scan(S->pii, text, len, &f, &nf, err);
+    free(f);
+    if (!rc)
+        rc = pii_redact(S->pii, text, len, out, out_len, err);
+    if (rc)
+        return rc == PII_ENOMEM ? OUTPOST_ENOMEM : OUTPOST_EINPUT;
+    if (n_found)
+        *n_found = nf;
+    return OUTPOST_OK;
+}
+
+#ifdef OUTPOST_BUILD_DIR
+/* Whether this process is the binary of the build tree it was built in. */
+static bool running_from_build_tree(void)
+{
+    char exe[4096], built[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return false;
+    exe[n] = '\0';
+    return realpath(OUTPOST_BUILD_DIR "/agent/outpost", built) && strcmp(exe, built) == 0;
+}
+#endif
+
+static int choose_plugin_dir(serve_state *S)
+{
+    const char *dir = S->conf->plugins.dir;
+#ifdef OUTPOST_BUILD_DIR
+    if (cfg_origin_of(S->conf, "plugins.dir") == CFG_FROM_DEFAULT && running_from_build_tree())
+        dir = OUTPOST_BUILD_DIR "/plugins";
+#endif
+    free(S->plugin_dir);
+    S->plugin_dir = strdup(dir);
+    return S->plugin_dir ? 0 : -1;
+}
+
+/* Every plugin in plugins.enabled; a refused one is logged and skipped. */
+static void load_plugins(serve_state *S)
+{
+    S->host = (outpost_host){
+        .abi_version = OUTPOST_PLUGIN_ABI_VERSION,
+        .struct_size = sizeof(outpost_host),
+        .ctx = S,
+        .agent_version = OUTPOST_VERSION,
+        .log = host_log,
+        .alloc = host_alloc,
+        .free = host_free,
+        .pii_redact = host_pii_redact,
+    };
+    const cfg_strs *en = &S->conf->plugins.enabled;
+    if (en->n == 0)
+        return;
+    if (choose_plugin_dir(S) || !(S->plugins = calloc(en->n, sizeof *S->plugins))) {
+        fprintf(stderr, "outpost serve: out of memory: no plugins loaded\n");
+        return;
+    }
+    for (size_t i = 0; i < en->n; i++) {
+        bool dup = false;
+        for (size_t k = 0; k < i; k++)
+            dup = dup || strcmp(en->v[k], en->v[i]) == 0;
+        if (dup)
+            continue;
+        plug *p = NULL;
+        char perr[256];
+        if (plug_load(&p, S->plugin_dir, en->v[i], &S->host, perr)) {
+            fprintf(stderr, "outpost serve: plugin refused: %s\n", perr);
+            continue;
+        }
+        const outpost_plugin *info = plug_info(p);
+        fprintf(stderr, "outpost serve: plugin %s %s (%s) loaded from %s\n", info->name,
+                info->version ? info->version : "", plug_kind_name(info->kind), plug_path(p));
+        S->plugins[S->n_plugins++] = p;
+    }
+}
+
+static void unload_plugins(serve_state *S)
+{
+    for (size_t i = S->n_plugins; i-- > 0;)
+        plug_unload(S->plugins[i]);
+    free(S->plugins);
+    S->plugins = NULL;
+    S->n_plugins = 0;
+    free(S->plugin_dir);
+    S->plugin_dir = NULL;
+}
+
+/* A configured target whose backend could not be set up: every job routed
+ * there is refused, so it is answered locally with reason
+ * "<target>_unreachable" (not "_unconfigured": it is configured). */
+static int no_backend_submit(void *ud, sched_job *job, char err[256])
 {
     (void)job;
-    snprintf(err, 256, "%s: no backend plugin is loaded to reach it", (const char *)ud);
+    snprintf(err, 256, "%s: no backend plugin could be set up to reach it", (const char *)ud);
     return SCHED_ECLOSED;
+}
+
+static void open_hooks(serve_state *S)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < S->n_plugins; i++)
+        n += plug_info(S->plugins[i])->kind == OUTPOST_PLUGIN_HOOK;
+    if (!n || !(S->hooks = calloc(n, sizeof *S->hooks)))
+        return;
+    for (size_t i = 0; i < S->n_plugins; i++) {
+        const outpost_plugin *info = plug_info(S->plugins[i]);
+        if (info->kind != OUTPOST_PLUGIN_HOOK)
+            continue;
+        void *inst = NULL;
+        char herr[OUTPOST_PLUGIN_ERR_SIZE] = "";
+        if (info->hook->open(&S->host, &inst, herr)) {
+            herr[sizeof herr - 1] = '\0';
+            fprintf(stderr, "outpost serve: plugin %s: cannot open: %s\n", info->name, herr);
+            continue;
+        }
+        S->hooks[S->n_hooks++] = (cloud_hook){.name = info->name, .ops = info->hook,
+                                              .inst = inst};
+    }
+}
+
+/* The backend plugin instance for one target and the call pool around it;
+ * NULL (after a log line) when either cannot be set up. */
+static cloud *open_remote(serve_state *S, const char *target, const char *url, const char *key,
+                          const char *model, void **inst, size_t default_model)
+{
+    const cfg *c = S->conf;
+    if (!S->backend) {
+        fprintf(stderr, "outpost serve: %s %s: no backend plugin is loaded (backend-openai); "
+                        "requests routed there are answered locally\n", target, url);
+        return NULL;
+    }
+    int64_t timeout_ms = c->limits.request_timeout_s * 1000;
+    outpost_backend_config bc = {
+        .name = target,
+        .url = url,
+        .api_key = key,
+        .model = model,
+        .connect_timeout_ms = REMOTE_CONNECT_TIMEOUT_MS,
+        .timeout_ms = timeout_ms > INT32_MAX ? INT32_MAX : (int)timeout_ms,
+        .retries = REMOTE_RETRIES,
+    };
+    char perr[OUTPOST_PLUGIN_ERR_SIZE] = "";
+    if (S->backend->open(&S->host, &bc, inst, perr)) {
+        perr[sizeof perr - 1] = '\0';
+        fprintf(stderr, "outpost serve: %s: %s; requests routed there are answered locally\n",
+                target, perr);
+        *inst = NULL;
+        return NULL;
+    }
+    bool is_cloud = strcmp(target, "cloud") == 0;
+    cloud_opts o = {
+        .target = target,
+        .ops = S->backend,
+        .inst = *inst,
+        .hooks = S->hooks,
+        .n_hooks = S->n_hooks,
+        .host = &S->host,
+        .models = S->models,
+        .n_models = S->n_models,
+        .default_model = default_model,
+        .st = S->st,
+        .threads = REMOTE_THREADS,
+        .queue_max = REMOTE_QUEUE,
+        .price_per_1k_tokens = is_cloud ? c->cloud.price_per_1k_tokens : 0,
+        .budget_usd_month = is_cloud ? c->cloud.budget_usd_month : NAN,
+        .probe_interval_s = REMOTE_PROBE_INTERVAL_S,
+    };
+    cloud *cl = NULL;
+    char err[256];
+    if (cloud_open(&cl, &o, err)) {
+        fprintf(stderr, "outpost serve: %s: %s; requests routed there are answered locally\n",
+                target, err);
+        S->backend->close(*inst);
+        *inst = NULL;
+        return NULL;
+    }
+    fprintf(stderr, "outpost serve: %s at %s (%zu hook%s before a request leaves)\n", target, url,
+            S->n_hooks, S->n_hooks == 1 ? "" : "s");
+    return cl;
+}
+
+/* Hooks, then peer and cloud when configured, into svc. */
+static void open_remotes(serve_state *S, size_t default_model, http_services *svc)
+{
+    const cfg *c = S->conf;
+    if (!c->peer.url && !c->cloud.url)
+        return;
+    const outpost_plugin *chosen = NULL;
+    for (size_t i = 0; i < S->n_plugins; i++) {
+        const outpost_plugin *info = plug_info(S->plugins[i]);
+        if (info->kind == OUTPOST_PLUGIN_BACKEND &&
+            (!chosen || strcmp(info->name, "backend-openai") == 0))
+            chosen = info;
+    }
+    S->backend = chosen ? chosen->backend : NULL;
+    open_hooks(S);
+    /* Copies: a reload replaces the cfg these point into. */
+    if (c->peer.url && (S->peer_url = strdup(c->peer.url))) {
+        S->peer = open_remote(S, "peer", c->peer.url, c->peer.api_key, NULL, &S->peer_inst,
+                              default_model);
+        svc->peer = S->peer ? cloud_backend(S->peer)
+                            : (sched_backend){.name = "peer", .ud = S->peer_url,
+                                              .submit = no_backend_submit};
+        svc->peer_link = S->peer;
+    }
+    if (c->cloud.url && (S->cloud_url = strdup(c->cloud.url))) {
+        S->cloud = open_remote(S, "cloud", c->cloud.url, c->cloud.api_key, c->cloud.model,
+                               &S->cloud_inst, default_model);
+        svc->cloud = S->cloud ? cloud_backend(S->cloud)
+                              : (sched_backend){.name = "cloud", .ud = S->cloud_url,
+                                                .submit = no_backend_submit};
+        svc->cloud_link = S->cloud;
+    }
+}
+
+/* After the listeners closed: let remote calls finish within the budget
+ * (their fallbacks still reach the local queues, drained next). */
+static void drain_remotes(serve_state *S)
+{
+    int budget_ms = S->conf ? (int)(S->conf->limits.drain_timeout_s * 1000) : 0;
+    int n = 0;
+    if (S->peer)
+        n += cloud_drain(S->peer, budget_ms);
+    if (S->cloud)
+        n += cloud_drain(S->cloud, budget_ms);
+    if (n)
+        fprintf(stderr, "outpost serve: %d remote request(s) cancelled after the drain\n", n);
+}
+
+static void close_remotes(serve_state *S)
+{
+    cloud_close(S->peer);
+    cloud_close(S->cloud);
+    S->peer = S->cloud = NULL;
+    if (S->backend) {
+        if (S->peer_inst)
+            S->backend->close(S->peer_inst);
+        if (S->cloud_inst)
+            S->backend->close(S->cloud_inst);
+    }
+    S->peer_inst = S->cloud_inst = NULL;
+    for (size_t i = 0; i < S->n_hooks; i++)
+        S->hooks[i].ops->close(S->hooks[i].inst);
+    free(S->hooks);
+    S->hooks = NULL;
+    S->n_hooks = 0;
+}
+
+/* ---- sensors ----------------------------------------------------------------------- */
+
+/* Every loaded sensor plugin is opened once on sensors.root and read by the
+ * main thread every sensors.interval_s (so the ABI's "one thread at a time"
+ * holds: nothing else calls them); the facts go to the HTTP front, which
+ * puts them in each route() env and on /metrics. Where several sensors know
+ * a fact, the first in plugins.enabled order gives it. A sensor that cannot
+ * open or read costs a log line (once per failing streak) and leaves its
+ * facts unknown; the agent serves on. */
+typedef struct sensor_slot {
+    const char *name;
+    const outpost_sensor_ops *ops;
+    void *inst;
+    bool failing;
+} sensor_slot;
+
+static void sensors_open(serve_state *S)
+{
+    S->sensor_interval_s = (double)S->conf->sensors.interval_s;
+    size_t n = 0;
+    for (size_t i = 0; i < S->n_plugins; i++)
+        n += plug_info(S->plugins[i])->kind == OUTPOST_PLUGIN_SENSOR;
+    if (!n || !(S->sensors = calloc(n, sizeof *S->sensors)))
+        return;
+    for (size_t i = 0; i < S->n_plugins; i++) {
+        const outpost_plugin *info = plug_info(S->plugins[i]);
+        if (info->kind != OUTPOST_PLUGIN_SENSOR)
+            continue;
+        void *inst = NULL;
+        char serr[OUTPOST_PLUGIN_ERR_SIZE] = "";
+        if (info->sensor->open(&S->host, S->conf->sensors.root, &inst, serr)) {
+            serr[sizeof serr - 1] = '\0';
+            fprintf(stderr, "outpost serve: plugin %s: cannot open: %s (its facts stay unknown)\n",
+                    info->name, serr);
+            continue;
+        }
+        S->sensors[S->n_sensors++] = (sensor_slot){.name = info->name, .ops = info->sensor,
+                                                   .inst = inst};
+    }
+}
+
+static void keep_first(double *have, double v)
+{
+    if (isnan(*have) && !isnan(v))
+        *have = v;
+}
+
+/* One reading of every sensor, merged, handed to the HTTP front. */
+static void sensors_sample(serve_state *S)
+{
+    http_device_facts all;
+    http_device_facts_unknown(&all);
+    for (size_t i = 0; i < S->n_sensors; i++) {
+        sensor_slot *s = &S->sensors[i];
+        outpost_sensor_facts f = {.battery_pct = NAN, .on_ac = -1, .temp_c = NAN,
+                                  .cpu_pressure_pct = NAN, .mem_pressure_pct = NAN,
+                                  .io_pressure_pct = NAN};
+        char serr[OUTPOST_PLUGIN_ERR_SIZE] = "";
+        if (s->ops->read(s->inst, &f, serr)) {
+            serr[sizeof serr - 1] = '\0';
+            if (!s->failing)
+                fprintf(stderr, "outpost serve: plugin %s: read failed: %s (facts unknown until "
+                                "it recovers)\n", s->name, serr);
+            s->failing = true;
+            continue;
+        }
+        if (s->failing)
+            fprintf(stderr, "outpost serve: plugin %s: reading again\n", s->name);
+        s->failing = false;
+        keep_first(&all.battery_pct, f.battery_pct);
+        if (all.on_ac < 0 && f.on_ac >= 0)
+            all.on_ac = f.on_ac ? 1 : 0;
+        keep_first(&all.temp_c, f.temp_c);
+        keep_first(&all.cpu_pressure_pct, f.cpu_pressure_pct);
+        keep_first(&all.mem_pressure_pct, f.mem_pressure_pct);
+        keep_first(&all.io_pressure_pct, f.io_pressure_pct);
+    }
+    if (S->http)
+        http_set_device_facts(S->http, &all);
+}
+
+static void sensors_close(serve_state *S)
+{
+    for (size_t i = 0; i < S->n_sensors; i++)
+        S->sensors[i].ops->close(S->sensors[i].inst);
+    free(S->sensors);
+    S->sensors = NULL;
+    S->n_sensors = 0;
 }
 
 /* ---- the command ------------------------------------------------------------------- */
@@ -298,6 +718,7 @@ static int parse_args(serve_state *S, int argc, char **argv)
         case OPT_LUA_DIR: name = "lua-dir"; break;
         case OPT_PEER: name = "peer"; break;
         case OPT_CLOUD: name = "cloud"; break;
+        case OPT_PLUGIN_DIR: name = "plugin-dir"; break;
         case OPT_SET: {
             char *eq = strchr(optarg, '=');
             if (!eq || eq == optarg) {
@@ -334,6 +755,13 @@ static int load_models(serve_state *S, char err[256], size_t *default_index)
         return -1;
     }
     *default_index = 0;
+    /* Saved KV states of sessions (the scheduler keeps them in budget). */
+    char kv_dir[4200];
+    snprintf(kv_dir, sizeof kv_dir, "%s/kv", c->state_dir);
+    if (mkdir(kv_dir, 0700) && errno != EEXIST) {
+        snprintf(err, 256, "cannot create %s: %s", kv_dir, strerror(errno));
+        return -1;
+    }
     for (size_t i = 0; i < c->n_models; i++) {
         const cfg_model *m = &c->models[i];
         sched_opts o = {
@@ -348,6 +776,8 @@ static int load_models(serve_state *S, char err[256], size_t *default_index)
             .max_prompt_tokens = c->limits.max_prompt_tokens,
             .warmup = true,
             .st = S->st,
+            .kv_dir = kv_dir,
+            .kv_budget_bytes = c->kv.disk_budget_mb << 20,
         };
         double t0 = cli_now();
         char serr[256];
@@ -423,6 +853,8 @@ int cmd_serve(int argc, char **argv)
         cli_error(cmd, "%s", err);
         goto done;
     }
+    load_plugins(&S);
+    sensors_open(&S);
     pol_opts po = {.instr_limit = (uint64_t)c->policy.instr_limit,
                    .mem_limit_bytes = (size_t)c->policy.mem_limit_mb << 20,
                    .lua_dir = c->policy.lua_dir, .log = policy_log};
@@ -466,6 +898,7 @@ int cmd_serve(int argc, char **argv)
     if (c->listen.tcp)
         fprintf(stderr, " and tcp %s:%d", c->listen.tcp_host, http_tcp_port(S.http));
     fprintf(stderr, " (state in %s, policy %s)\n", c->state_dir, c->policy.file);
+    sensors_sample(&S); /* facts from the first request on */
     sd_notify_msg("STATUS=loading models");
 
     size_t def = 0;
@@ -477,19 +910,16 @@ int cmd_serve(int argc, char **argv)
         .st = S.st, .policy = S.policy, .pii = S.pii, .models = S.models,
         .n_models = S.n_models, .default_model = def, .reload = reload, .reload_ud = &S,
     };
-    /* Copies: a reload replaces the cfg these point into. */
-    if (c->peer.url && (S.peer_url = strdup(c->peer.url)))
-        svc.peer = (sched_backend){.name = "peer", .ud = S.peer_url, .submit = unloaded_submit};
-    if (c->cloud.url && (S.cloud_url = strdup(c->cloud.url)))
-        svc.cloud = (sched_backend){.name = "cloud", .ud = S.cloud_url, .submit = unloaded_submit};
+    open_remotes(&S, def, &svc);
     http_set_services(S.http, &svc);
     http_set_ready(S.http, true);
     sd_notify_msg("READY=1\nSTATUS=serving");
     notified = true;
     fprintf(stderr, "outpost serve: ready\n");
 
-    /* The main thread's only job now: signals, and retention once an hour. */
-    double next_prune = cli_now();
+    /* The main thread's only job now: signals, retention once an hour, and
+     * the sensors every sensors.interval_s. */
+    double next_prune = cli_now(), next_sample = cli_now() + S.sensor_interval_s;
     for (;;) {
         if (cli_now() >= next_prune) {
             pthread_mutex_lock(&S.reload_mu);
@@ -497,7 +927,16 @@ int cmd_serve(int argc, char **argv)
             pthread_mutex_unlock(&S.reload_mu);
             next_prune = cli_now() + 3600;
         }
-        struct timespec wait = {.tv_sec = 60};
+        if (S.n_sensors && cli_now() >= next_sample) {
+            sensors_sample(&S);
+            next_sample = cli_now() + S.sensor_interval_s;
+        }
+        double wait_s = next_prune - cli_now();
+        if (S.n_sensors && next_sample - cli_now() < wait_s)
+            wait_s = next_sample - cli_now();
+        wait_s = wait_s < 0.001 ? 0.001 : wait_s > 60 ? 60 : wait_s;
+        struct timespec wait = {.tv_sec = (time_t)wait_s,
+                                .tv_nsec = (long)((wait_s - (double)(time_t)wait_s) * 1e9)};
         int sig = sigtimedwait(&sigs, NULL, &wait);
         if (sig == SIGHUP) {
             char rerr[256];
@@ -514,6 +953,7 @@ done:
         sd_notify_msg("STOPPING=1\nSTATUS=stopping");
     if (S.http)
         http_close_listeners(S.http);
+    drain_remotes(&S);
     shutdown_models(&S);
     if (S.http) {
         /* Let the last responses go out before the connections close. */
@@ -521,6 +961,7 @@ done:
             usleep(10000);
         http_stop(S.http);
     }
+    close_remotes(&S);
     for (size_t i = 0; i < S.n_models; i++)
         sched_close(S.models[i]);
     free(S.models);
@@ -530,6 +971,8 @@ done:
     cfg_free(S.conf);
     free(S.peer_url);
     free(S.cloud_url);
+    sensors_close(&S);
+    unload_plugins(&S);
     for (size_t i = 0; i < S.n_flags; i++)
         free(S.flags[i].value);
     free(S.flags);

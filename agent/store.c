@@ -150,6 +150,7 @@ enum stmt_id {
     ST_ROLLUP_GROUPS,
     ST_ROLLUP_TTFT_COUNT,
     ST_ROLLUP_TTFT_AT,
+    ST_REQUESTS_COST,
     ST_PRUNE_REQUESTS_AGE,
     ST_REQUESTS_COUNT,
     ST_PRUNE_REQUESTS_OLDEST,
@@ -221,6 +222,8 @@ static const struct {
     [ST_ROLLUP_TTFT_AT] = {"roll up requests",
         "SELECT ttft_ms FROM requests WHERE created_ms >= ?1 AND ttft_ms IS NOT NULL"
         " ORDER BY ttft_ms LIMIT 1 OFFSET ?2"},
+    [ST_REQUESTS_COST] = {"sum request costs",
+        "SELECT total(cost_usd) FROM requests WHERE created_ms >= ?1 AND route = ?2"},
     [ST_PRUNE_REQUESTS_AGE] = {"prune old requests",
         "DELETE FROM requests WHERE rowid IN"
         " (SELECT rowid FROM requests WHERE created_ms < ?1 LIMIT ?2)"},
@@ -1410,6 +1413,38 @@ static int ttft_at_rank(store *s, int64_t since_ms, int64_t rank, double *out, c
         rc = db_fail(s, err, stmts[ST_ROLLUP_TTFT_AT].name, rc);
     }
     stmt_done(st);
+    return rc;
+}
+
+int store_requests_cost(store *s, store_route route, int64_t since_ms, double *usd_out,
+                        char err[256])
+{
+    *usd_out = 0;
+    if ((unsigned)route >= STORE_ROUTE_COUNT) {
+        snprintf(err, 256, "store: route %d is not one of local, peer, cloud", (int)route);
+        return STORE_EINVAL;
+    }
+    sqlite3_stmt *st = NULL;
+    lock(s);
+    int rc = stmt_get(s, ST_REQUESTS_COST, &st, err);
+    if (rc)
+        goto out;
+    if ((rc = sqlite3_bind_int64(st, 1, since_ms)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(st, 2, route_names[route], -1, SQLITE_STATIC)) != SQLITE_OK) {
+        rc = db_fail(s, err, stmts[ST_REQUESTS_COST].name, rc);
+        stmt_done(st);
+        goto out;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *usd_out = sqlite3_column_double(st, 0);
+        rc = 0;
+    } else {
+        rc = db_fail(s, err, stmts[ST_REQUESTS_COST].name, rc);
+    }
+    stmt_done(st);
+out:
+    unlock(s);
     return rc;
 }
 

@@ -202,6 +202,11 @@ typedef struct store_rollup {
     int n_groups, groups_dropped;
 } store_rollup;
 
+/* The summed cost estimate of the requests answered on route and created at
+ * or after since_ms (the cloud spend of this month, for the budget). */
+int store_requests_cost(store *s, store_route route, int64_t since_ms, double *usd_out,
+                        char err[256]);
+
 /* Aggregates the requests created at or after since_ms. */
 int store_requests_rollup(store *s, int64_t since_ms, store_rollup *out, char err[256]);
 

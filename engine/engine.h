@@ -24,7 +24,7 @@
 enum {
     ENG_OK = 0,
     ENG_EIO = -1,
-    ENG_EFORMAT = -2,  /* the model file is not usable */
+    ENG_EFORMAT = -2,  /* the file (model, saved KV state) is not usable */
     ENG_ENOMEM = -3,
     ENG_EUSAGE = -4,   /* bad arguments */
     ENG_ECTXFULL = -5, /* the batch does not fit in the context */
@@ -119,6 +119,34 @@ void eng_kv_truncate(eng_ctx *c, int32_t n);
 /* Drop positions [keep, keep+n_discard) and move the later ones down, with
  * their keys re-rotated for their new positions (context shift). */
 int eng_kv_shift(eng_ctx *c, int32_t keep, int32_t n_discard, char err[256]);
+
+/* Saved KV states (kv_state.c): the first n positions of a context's cache
+ * and the n token ids they were computed from, in one file bound to the
+ * model, the RoPE settings and the KV type that made it; a file from
+ * anything else, truncated or corrupt is refused with ENG_EFORMAT and an
+ * error naming the file and the field. Contexts with LoRA adapters attached
+ * neither save nor load (their KV depends on the adapters too). */
+#define ENG_KV_FILE_VERSION 1
+/* The size of the file eng_kv_save writes for n positions of c. */
+uint64_t eng_kv_file_bytes(const eng_ctx *c, int32_t n_tokens);
+/* Write positions 0 .. n_tokens-1 (n_tokens <= eng_n_past) with their
+ * tokens to path, atomically: a temporary file beside it, fsync, rename.
+ * The file is created with mode 0600. */
+int eng_kv_save(eng_ctx *c, const char *path, const int32_t *tokens, int32_t n_tokens,
+                char err[256]);
+/* The token ids a saved state holds, checked against c as eng_kv_load
+ * checks them, without reading the rows (so without the checksum).
+ * *tokens is the caller's (free()). */
+int eng_kv_peek(const eng_ctx *c, const char *path, int32_t **tokens, int32_t *n_tokens,
+                char err[256]);
+/* Replace c's cache with a saved state: on success n_past is the file's
+ * token count and *tokens (the caller's, free()) its token ids; the logits
+ * are not restored, so evaluate at least one token before sampling. On
+ * failure *tokens is NULL and c holds what it held before, unless the rows
+ * were already being read (checksum mismatch, read error): then it is
+ * empty (n_past 0). */
+int eng_kv_load(eng_ctx *c, const char *path, int32_t **tokens, int32_t *n_tokens,
+                char err[256]);
 
 /* LoRA adapters (GGUF, general.type = adapter, adapter.type = lora), checked
  * against the model they are opened for. An adapter must outlive every

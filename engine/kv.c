@@ -1,5 +1,6 @@
 /*
- * kv.c - the KV cache: storage, truncation and context shift.
+ * kv.c - the KV cache: storage, truncation and context shift (saving and
+ * restoring it to a file is kv_state.c).
  *
  * Keys are stored after RoPE, so moving a key to another position means
  * turning it by the difference (RoPE rotations compose: rotating by pos a

@@ -5,14 +5,18 @@
  * Q8_1 or Q8_K blocks for quantized weights: 4-bit or 8-bit weights meet
  * 8-bit activations in integer dot products), split across threads by row.
  * Then each weight matrix is cut into fixed tiles of rows, numbered across
- * all jobs, and every thread takes a contiguous range of tiles, so each
+ * all jobs, and every thread owns a contiguous range of tiles, so each
  * thread streams one stretch of memory front to back (handing tiles out
  * from a shared counter instead interleaved the threads' streams and cost
- * a tenth of decode speed; letting an idle thread take the last tiles of a
- * busy one cost a twentieth, as those lines were already on their way to
- * the other core; both measured). A tile stays in cache while it meets
- * each token of the batch, so a prompt of n tokens reads the weights from
- * memory once, not n times.
+ * a tenth of decode speed, measured). A thread that has finished its range
+ * takes tiles from the far end of another's (mm_range: the owner takes
+ * from the front, thieves from the back, both by compare-and-swap on one
+ * word), so a thread the OS deschedules for a time slice - the common case
+ * on a machine shared with other work - delays the matmul by at most the
+ * tile it is in, not by its whole share; taking from the back keeps away
+ * from the lines the owner's prefetches are bringing in. A tile stays in
+ * cache while it meets each token of the batch, so a prompt of n tokens
+ * reads the weights from memory once, not n times.
  *
  * Where the weights' row has a gemm kernel, a tile is gemm_rows rows and
  * meets the batch gemm_cols tokens per call: the kernel unpacks each weight
@@ -23,9 +27,11 @@
  *
  * Tile boundaries depend only on the matrix, the batch size and the kernel,
  * never on the thread count, and each tile is computed whole by one thread
- * with the same arguments whichever thread it is, so the result is the same
- * for every thread count.
+ * with the same arguments whichever thread it is (owner or thief), so the
+ * result is the same for every thread count.
  */
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +40,14 @@
 
 #define MM_TILE_ROWS 16
 #define MM_MAX_JOBS 4
+#define MM_MAX_RANGES 64 /* threads that may steal; a bigger pool splits statically */
+
+/* The tiles [lo, hi) a thread has not started yet, packed as hi << 32 | lo
+ * so owner and thieves agree through one compare-and-swap. One cache line
+ * each: the owner's updates stay local until someone steals. */
+typedef struct mm_range {
+    _Alignas(64) atomic_uint_least64_t lohi;
+} mm_range;
 
 typedef struct mm_task {
     const mm_job *jobs;
@@ -46,6 +60,7 @@ typedef struct mm_task {
     size_t xq_row_bytes;
     int64_t tile_rows;  /* rows per tile */
     int64_t total_tiles;
+    mm_range *ranges;   /* per thread, or NULL: static split */
 } mm_task;
 
 static void mm_quantize(void *arg, int ith, int nth)
@@ -79,24 +94,56 @@ static void mm_tile(const mm_task *t, const eng_w *w, float *y, int64_t r0, int6
     }
 }
 
+/* Tile k (numbered across the jobs) of the task. */
+static void mm_tile_at(const mm_task *t, int64_t k)
+{
+    const int64_t R = t->tile_rows;
+    for (int j = 0; j < t->n_jobs; j++) {
+        const eng_w *w = t->jobs[j].w;
+        int64_t tiles = (w->ne1 + R - 1) / R;
+        if (k < tiles) {
+            int64_t r0 = k * R;
+            int64_t r1 = r0 + R < w->ne1 ? r0 + R : w->ne1;
+            mm_tile(t, w, t->jobs[j].y, r0, r1);
+            return;
+        }
+        k -= tiles;
+    }
+}
+
+/* Takes the first (owner) or last (thief) tile left in r; -1 when empty. */
+static int64_t mm_range_take(mm_range *r, bool from_back)
+{
+    uint_least64_t v = atomic_load_explicit(&r->lohi, memory_order_relaxed);
+    for (;;) {
+        uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
+        if (lo >= hi)
+            return -1;
+        uint_least64_t nv = from_back ? ((uint_least64_t)(hi - 1) << 32 | lo)
+                                      : ((uint_least64_t)hi << 32 | (lo + 1));
+        if (atomic_compare_exchange_weak_explicit(&r->lohi, &v, nv, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return from_back ? (int64_t)hi - 1 : (int64_t)lo;
+    }
+}
+
 static void mm_compute(void *arg, int ith, int nth)
 {
     mm_task *t = arg;
     long b, e;
     pool_range(t->total_tiles, ith, nth, &b, &e);
-    const int64_t R = t->tile_rows;
-    int64_t base = 0; /* first tile number of job j */
-    for (int j = 0; j < t->n_jobs && b < e; j++) {
-        const eng_w *w = t->jobs[j].w;
-        int64_t tiles = (w->ne1 + R - 1) / R;
-        int64_t lo = b > base ? b - base : 0;
-        int64_t hi = e - base < tiles ? e - base : tiles;
-        for (int64_t k = lo; k < hi; k++) {
-            int64_t r0 = k * R;
-            int64_t r1 = r0 + R < w->ne1 ? r0 + R : w->ne1;
-            mm_tile(t, w, t->jobs[j].y, r0, r1);
-        }
-        base += tiles;
+    if (!t->ranges) {
+        for (long k = b; k < e; k++)
+            mm_tile_at(t, k);
+        return;
+    }
+    int64_t k;
+    while ((k = mm_range_take(&t->ranges[ith], false)) >= 0)
+        mm_tile_at(t, k);
+    for (int v = 1; v < nth; v++) {
+        mm_range *victim = &t->ranges[(ith + v) % nth];
+        while ((k = mm_range_take(victim, true)) >= 0)
+            mm_tile_at(t, k);
     }
 }
 
@@ -139,6 +186,18 @@ int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *
             mm_quantize(&t, 0, 1);
         else
             pool_run(p, mm_quantize, &t);
+    }
+    /* Every range is set before any thread starts (pool_run publishes the
+     * job after these stores), so a thief never sees a stale range. */
+    const int nth = pool_threads(p);
+    mm_range ranges[MM_MAX_RANGES];
+    if (nth > 1 && nth <= MM_MAX_RANGES && t.total_tiles < INT32_MAX) {
+        for (int i = 0; i < nth; i++) {
+            long b, e;
+            pool_range(t.total_tiles, i, nth, &b, &e);
+            atomic_init(&ranges[i].lohi, (uint_least64_t)e << 32 | (uint_least64_t)b);
+        }
+        t.ranges = ranges;
     }
     pool_run(p, mm_compute, &t);
     return s->lora ? lora_apply(p, s, jobs, n_jobs, x, n, err) : ENG_OK;

@@ -2,15 +2,21 @@
  * pool.c - persistent compute threads with spin-then-sleep hand-off.
  *
  * A job is published by bumping `generation` (seq_cst) after storing fn/ctx.
- * Workers watch generation: they spin (PAUSE) for a few hundred checks, then
- * keep checking between sched_yield() calls for up to IDLE_SPIN_NS, then
- * register as sleepers and wait on `wake`. Yielding matters on a machine
- * with more runnable threads than cores: a waiter that only spun would burn
- * the time slice the thread it waits for needs. The publisher broadcasts only if a
- * sleeper is registered; because the sleeper increments n_sleeping before it
- * re-reads generation, and the publisher bumps generation before it reads
- * n_sleeping (both seq_cst), a wake-up can't be lost. Completion is counted
- * in `n_done`, which thread 0 spins on.
+ * Workers watch generation: they spin (PAUSE) for up to IDLE_SPIN_NS, then
+ * register as sleepers and wait on `wake` (a futex under glibc). They do
+ * not sched_yield() while waiting: that hands the core to whatever else is
+ * runnable, possibly for a whole time slice, while the next job is due
+ * microseconds later. The spin budget is short on purpose: on a machine
+ * shared with other processes a thread that spins long burns the CPU share
+ * the scheduler grants it and then waits when it has real work (a 1 ms
+ * budget made decode three times slower under load, measured), while
+ * 50 us still covers the gaps between the jobs of a decode step. The
+ * publisher broadcasts only if a sleeper is registered; because the sleeper
+ * increments n_sleeping before it re-reads generation, and the publisher
+ * bumps generation before it reads n_sleeping (both seq_cst), a wake-up
+ * can't be lost. Completion is counted in `n_done`, which thread 0 spins
+ * on; only after DONE_SPIN_NS (a worker descheduled mid-job) does thread 0
+ * yield, in case that worker waits for this very core.
  */
 #include "pool.h"
 
@@ -35,8 +41,9 @@
 #include <sched.h>
 #include <time.h>
 
-#define SPIN_PAUSES 512
-#define IDLE_SPIN_NS 2000000L /* 2 ms: longer than the gap between two matmuls */
+#define SPIN_CHECKS 64         /* pauses between two looks at the clock */
+#define IDLE_SPIN_NS 50000L  /* 50 us: longer than the gap between two jobs of a decode step */
+#define DONE_SPIN_NS 50000L  /* waiting for workers this long, thread 0 starts to yield */
 
 static long now_ns(void)
 {
@@ -73,15 +80,13 @@ static void *worker_main(void *arg)
         unsigned gen;
         long spins = 0, deadline = 0;
         while ((gen = atomic_load(&p->generation)) == seen) {
-            if (++spins <= SPIN_PAUSES) {
-                cpu_relax();
+            cpu_relax();
+            if (++spins % SPIN_CHECKS)
                 continue;
-            }
             if (deadline == 0)
                 deadline = now_ns() + IDLE_SPIN_NS;
-            else if ((spins & 15) == 0 && now_ns() > deadline)
+            else if (now_ns() > deadline)
                 break;
-            sched_yield();
         }
         if (gen == seen) {
             pthread_mutex_lock(&p->lock);
@@ -184,10 +189,18 @@ void pool_run(pool *p, pool_fn fn, void *ctx)
     atomic_store(&p->n_done, 0);
     publish(p);
     fn(ctx, 0, p->nth);
-    for (long spins = 0; atomic_load(&p->n_done) < p->nth - 1; spins++) {
-        if (spins < SPIN_PAUSES)
-            cpu_relax();
-        else
+    long deadline = 0;
+    for (long spins = 1; atomic_load(&p->n_done) < p->nth - 1; spins++) {
+        if (deadline < 0) {
             sched_yield();
+            continue;
+        }
+        cpu_relax();
+        if (spins % SPIN_CHECKS)
+            continue;
+        if (deadline == 0)
+            deadline = now_ns() + DONE_SPIN_NS;
+        else if (now_ns() > deadline)
+            deadline = -1;
     }
 }

@@ -319,7 +319,8 @@ void qt_avx512_q8_k_from_float(const float *restrict src, void *restrict dst, in
  * one more. Q4_K/Q5_K's mins come from the tokens' bsums with four
  * vpdpwssd per super-block (mins paired as int16 per row, bsum pairs per
  * token); Q6_K's offset 32 starts each sub-block's dot at -32 * bsum.
- * Decode (nt == 1) uses the dots above row by row.
+ * Decode (nt == 1) of Q4_K and Q6_K has its own kernel (k_gemv, after the
+ * tiles); Q5_K's uses the dot above row by row.
  */
 
 #define KG_ROWS QT_AVX512_KGEMM_ROWS
@@ -588,6 +589,165 @@ static inline __attribute__((always_inline)) void kgemm_tiles(int kind, int64_t 
     }
 }
 
+/* ---- decode (one token) ------------------------------------------------------
+ *
+ * The activation side of each super-block is copied once per call into
+ * 64-byte-aligned registers (k_act): Q8_K's codes sit at offset 4 of a
+ * 292-byte block, so reading them in place split nearly every 64-byte load
+ * across two cache lines, once per row. Q4_K's codes are reordered on the
+ * way to match its weights as they lie: a 64-byte load of qs holds
+ * sub-blocks 0 and 2 in its low nibbles and 1 and 3 in its high ones (and
+ * 4..7 likewise in the next 64 bytes), so y[k] holds the activations of
+ * those sub-block pairs, and bs the bsum pairs its mins meet. The six-bit
+ * scales and mins of a row's super-block are unpacked with two vpshufb
+ * and a few masks instead of scalar code. Then each row streams through
+ * alone, front to back, as in quant_avx512.c's decode. */
+#define KGEMV_SB 32 /* super-blocks per pass over the rows: 10 KiB of k_act */
+#define KGEMV_PREFETCH_BYTES 4096
+
+typedef struct k_act {
+    __m512i y[4];
+    __m256i bs; /* Q4_K: bsum pairs in int16 lanes 8..15 (0..7 zero); Q6_K: the 16 bsums */
+    float d;
+} k_act;
+
+static inline __attribute__((always_inline)) void prefetch_row(const uint8_t *p, size_t bytes)
+{
+    uintptr_t ahead = (uintptr_t)p + KGEMV_PREFETCH_BYTES;
+    for (size_t off = 0; off < bytes; off += 64)
+        _mm_prefetch((const char *)(ahead + off), _MM_HINT_T0);
+}
+
+static inline void k_act_fill(k_act *a, const qt_block_q8_k *b, bool reorder)
+{
+    __m512i v[4];
+    for (int k = 0; k < 4; k++)
+        v[k] = load_codes(b, k);
+    __m256i bs = load_bsums(b);
+    if (reorder) {
+        /* codes 0..255 as 64-byte thirds v[0..3]: y0 = [0..31 | 64..95], y1 = [32..63 | 96..127], ... */
+        a->y[0] = _mm512_shuffle_i64x2(v[0], v[1], _MM_SHUFFLE(1, 0, 1, 0));
+        a->y[1] = _mm512_shuffle_i64x2(v[0], v[1], _MM_SHUFFLE(3, 2, 3, 2));
+        a->y[2] = _mm512_shuffle_i64x2(v[2], v[3], _MM_SHUFFLE(1, 0, 1, 0));
+        a->y[3] = _mm512_shuffle_i64x2(v[2], v[3], _MM_SHUFFLE(3, 2, 3, 2));
+        /* sub-block j (32 codes) has bsums 2j and 2j + 1; their sum goes to lane 8 + j */
+        __m256i pairs = _mm256_madd_epi16(bs, _mm256_set1_epi16(1)); /* 8 int32 */
+        __m128i p16 = _mm256_cvtepi32_epi16(pairs);
+        a->bs = _mm256_inserti128_si256(_mm256_setzero_si256(), p16, 1);
+    } else {
+        for (int k = 0; k < 4; k++)
+            a->y[k] = v[k];
+        a->bs = bs;
+    }
+    a->d = load_d(b);
+}
+
+/* Q4_K's header (d, dmin and the 12 scale bytes, as one 16-byte load) to
+ * int16 lanes: scales 0..7, then mins 0..7 (quant_impl.h has the packing;
+ * k4_scales_mins above is the same in scalar code). */
+static inline __m256i k4_header_scales(__m128i h)
+{
+    /* scale byte i is header byte 4 + i */
+    const __m128i pick = _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m128i pick_top = _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11);
+    __m128i p = _mm_shuffle_epi8(h, pick);
+    __m128i low = _mm_and_si128(p, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+    __m128i high_nib = _mm_and_si128(_mm_srli_epi16(p, 4), _mm_setr_epi32(0, 0, 0, 0x0f0f0f0f));
+    __m128i top = _mm_srli_epi16(_mm_and_si128(_mm_shuffle_epi8(h, pick_top), _mm_set1_epi8((char)0xc0)), 2);
+    return _mm256_cvtepu8_epi16(_mm_ternarylogic_epi32(low, high_nib, top, 0xfe)); /* a | b | c */
+}
+
+/* int16 lanes 0..15 get scale first, 16..31 scale second, of 16 in s. */
+static inline __m512i two_scales(__m512i s, int first, int second)
+{
+    __m512i idx = _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16((short)first), _mm512_set1_epi16((short)second));
+    return _mm512_permutexvar_epi16(idx, s);
+}
+
+static inline __m512 q4k_dot_sb(__m512 acc, __m256 *macc, const uint8_t *blk, const k_act *a)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m128i h = _mm_loadu_si128((const __m128i *)blk);
+    __m256i sm = k4_header_scales(h);
+    __m512i sm5 = _mm512_castsi256_si512(sm);
+    __m512i q0 = _mm512_loadu_si512(blk + 16);
+    __m512i q1 = _mm512_loadu_si512(blk + 80);
+    __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_maddubs_epi16(_mm512_and_si512(q0, m4), a->y[0]), two_scales(sm5, 0, 2));
+    __m512i i1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(q0, 4), m4), a->y[1]),
+                                     two_scales(sm5, 1, 3));
+    i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(_mm512_and_si512(q1, m4), a->y[2]), two_scales(sm5, 4, 6));
+    i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(q1, 4), m4), a->y[3]),
+                             two_scales(sm5, 5, 7));
+    /* [d, dmin] * dy */
+    __m128 dd = _mm_mul_ps(_mm_cvtph_ps(h), _mm_set1_ps(a->d));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), _mm512_broadcastss_ps(dd), acc);
+    __m256i mins = _mm256_madd_epi16(sm, a->bs); /* lanes 4..7: mins times bsum pairs */
+    *macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), *macc);
+    return acc;
+}
+
+static inline __m512 q6k_dot_sb(__m512 acc, const uint8_t *blk, const k_act *a)
+{
+    const qt_block_q6_k *b = (const qt_block_q6_k *)blk;
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+    __m512i sc = _mm512_castsi256_si512(sc16);
+    /* codes are stored + 32: each sub-block's dot starts at -32 * scale * bsum */
+    __m512i isum = _mm512_castsi256_si512(_mm256_slli_epi32(_mm256_madd_epi16(a->bs, sc16), 5));
+    isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_maskz_mov_epi32(0x00ff, isum));
+    __m512i isum1 = _mm512_setzero_si512();
+    for (int c = 0; c < 2; c++) {
+        __m512i ql = _mm512_loadu_si512(b->ql + 64 * c);
+        __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * c)));
+        /* elements 128c + 0..63: low nibbles, qh bits 0-1 then 2-3 moved to bits 4-5 */
+        __m512i h0 = _mm512_sllv_epi64(qh, _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4));
+        __m512i c0 = _mm512_ternarylogic_epi32(_mm512_and_si512(ql, m4), h0, m30, 0xf8); /* a | (b & c) */
+        /* elements 128c + 64..127: high nibbles, qh bits 4-5 then 6-7 */
+        __m512i h1 = _mm512_srlv_epi64(qh, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0));
+        __m512i c1 = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h1, m30, 0xf8);
+        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(c0, a->y[2 * c]), spread_scales(sc, 8 * c, 8));
+        isum1 = _mm512_dpwssd_epi32(isum1, _mm512_maddubs_epi16(c1, a->y[2 * c + 1]), spread_scales(sc, 8 * c + 4, 8));
+    }
+    uint16_t d;
+    memcpy(&d, &b->d, 2);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(isum, isum1)), _mm512_set1_ps(a->d * fp16(d)), acc);
+}
+
+enum { KV_Q4_K, KV_Q6_K };
+
+static inline __attribute__((always_inline)) void k_gemv(int kind, int64_t n, float *restrict s,
+                                                         const void *restrict x, size_t x_stride, int nr,
+                                                         const void *restrict y)
+{
+    const int64_t nsb = n / QT_QK_K;
+    const size_t bbytes = kind == KV_Q4_K ? sizeof(qt_block_q4_k) : sizeof(qt_block_q6_k);
+    const qt_block_q8_k *b = y;
+    k_act act[KGEMV_SB];
+    for (int r = 0; r < nr; r++)
+        s[r] = 0.0f;
+    for (int64_t i0 = 0; i0 < nsb; i0 += KGEMV_SB) {
+        const int nc = nsb - i0 < KGEMV_SB ? (int)(nsb - i0) : KGEMV_SB;
+        for (int i = 0; i < nc; i++)
+            k_act_fill(&act[i], b + i0 + i, kind == KV_Q4_K);
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *row = (const uint8_t *)x + (size_t)r * x_stride + (size_t)i0 * bbytes;
+            __m512 acc = _mm512_setzero_ps();
+            __m256 macc = _mm256_setzero_ps();
+            for (int i = 0; i < nc; i++) {
+                const uint8_t *blk = row + (size_t)i * bbytes;
+                prefetch_row(blk, bbytes);
+                if (kind == KV_Q4_K)
+                    acc = q4k_dot_sb(acc, &macc, blk, &act[i]);
+                else
+                    acc = q6k_dot_sb(acc, blk, &act[i]);
+            }
+            s[r] += _mm512_reduce_add_ps(acc) - hsum256(macc);
+        }
+    }
+}
+
 #define K_GEMM(name, kind, dot)                                                                           \
     void name(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride, int nr, \
               const void *restrict y, size_t y_stride, int nt)                                            \
@@ -600,6 +760,22 @@ static inline __attribute__((always_inline)) void kgemm_tiles(int kind, int64_t 
         kgemm_tiles(kind, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);                                  \
     }
 
-K_GEMM(qt_avx512_q4_k_gemm, KG_Q4_K, qt_avx512_q4_k_vec_dot)
 K_GEMM(qt_avx512_q5_k_gemm, KG_Q5_K, qt_avx512_q5_k_vec_dot)
-K_GEMM(qt_avx512_q6_k_gemm, KG_Q6_K, qt_avx512_q6_k_vec_dot)
+
+void qt_avx512_q4_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
+                         int nr, const void *restrict y, size_t y_stride, int nt)
+{
+    if (nt == 1)
+        k_gemv(KV_Q4_K, n, s, x, x_stride, nr, y);
+    else
+        kgemm_tiles(KG_Q4_K, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}
+
+void qt_avx512_q6_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
+                         int nr, const void *restrict y, size_t y_stride, int nt)
+{
+    if (nt == 1)
+        k_gemv(KV_Q6_K, n, s, x, x_stride, nr, y);
+    else
+        kgemm_tiles(KG_Q6_K, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}

@@ -11,7 +11,8 @@
  *
  * Special tokens follow llama.cpp: user-defined tokens are always cut out of
  * the text before tokenizing, control and unknown tokens only when the caller
- * passes TOK_PARSE_SPECIAL. At each position the longest eligible token wins
+ * passes TOK_PARSE_SPECIAL, or inside the spans the caller marks as its own
+ * markup (tok_encode_spans). At each position the longest eligible token wins
  * and the scan resumes after it (leftmost-longest, as Hugging Face's added
  * token matcher does). Each run of text between them is encoded on its own.
  *
@@ -1064,22 +1065,16 @@ static int tok_encode_run(const tok *t, tok_pre_session *ps, const char *text, s
     return tok_bpe_encode(t, ps, text, len, out, err);
 }
 
-int tok_encode(const tok *t, const char *text, size_t len, unsigned flags, int32_t **ids,
-               size_t *n_ids, char err[256])
+/* The one encoder behind tok_encode() and tok_encode_spans(): control
+ * tokens are eligible everywhere when all_control, else only inside the
+ * spans (already checked to be sorted and within len). */
+static int tok_encode_impl(const tok *t, const char *text, size_t len, unsigned flags,
+                           bool all_control, const tok_range *spans, size_t n_spans,
+                           int32_t **ids, size_t *n_ids, char err[256])
 {
-    if (!t || !ids || !n_ids || (!text && len)) {
-        tok_set_err(err, "tok_encode: NULL argument");
-        return TOK_EINPUT;
-    }
-    *ids = NULL;
-    *n_ids = 0;
     tok_ids out = {0};
     tok_pre_session ps = {0};
     int rc = TOK_OK;
-    if ((flags & ~(TOK_ADD_BOS | TOK_PARSE_SPECIAL)) != 0) {
-        tok_set_err(err, "tok_encode: unknown flags 0x%x", flags);
-        return TOK_EINPUT;
-    }
     if ((out.v = malloc(64 * sizeof *out.v)) == NULL)
         goto nomem;
     out.cap = 64;
@@ -1096,13 +1091,31 @@ int tok_encode(const tok *t, const char *text, size_t len, unsigned flags, int32
         goto fail;
 
     const unsigned char *u = (const unsigned char *)text;
-    bool parse_control = (flags & TOK_PARSE_SPECIAL) != 0;
     bool after_special = true;
-    size_t run = 0, i = 0;
+    size_t run = 0, i = 0, k = 0;
     while (i < len) {
         size_t n = 0;
-        int32_t id = t->special_root[u[i]] ? tok_match_special(t, u, len, i, parse_control, &n)
-                                           : -1;
+        int32_t id = -1;
+        if (t->special_root[u[i]]) {
+            while (k < n_spans && spans[k].off + spans[k].len <= i)
+                k++;
+            bool in_span = k < n_spans && spans[k].off <= i;
+            if (all_control) {
+                id = tok_match_special(t, u, len, i, true, &n);
+            } else {
+                /* User-defined tokens anywhere; control tokens only when
+                 * they end inside the span they start in. */
+                id = tok_match_special(t, u, len, i, false, &n);
+                size_t nc = 0;
+                int32_t idc = in_span ? tok_match_special(t, u, spans[k].off + spans[k].len, i,
+                                                          true, &nc)
+                                      : -1;
+                if (idc >= 0 && (id < 0 || nc > n)) {
+                    id = idc;
+                    n = nc;
+                }
+            }
+        }
         if (id < 0) {
             i++;
             continue;
@@ -1130,6 +1143,51 @@ fail:
     tok_pre_session_free(&ps);
     free(out.v);
     return rc;
+}
+
+int tok_encode(const tok *t, const char *text, size_t len, unsigned flags, int32_t **ids,
+               size_t *n_ids, char err[256])
+{
+    if (!t || !ids || !n_ids || (!text && len)) {
+        tok_set_err(err, "tok_encode: NULL argument");
+        return TOK_EINPUT;
+    }
+    *ids = NULL;
+    *n_ids = 0;
+    if ((flags & ~(TOK_ADD_BOS | TOK_PARSE_SPECIAL)) != 0) {
+        tok_set_err(err, "tok_encode: unknown flags 0x%x", flags);
+        return TOK_EINPUT;
+    }
+    return tok_encode_impl(t, text, len, flags, (flags & TOK_PARSE_SPECIAL) != 0, NULL, 0, ids,
+                           n_ids, err);
+}
+
+int tok_encode_spans(const tok *t, const char *text, size_t len, unsigned flags,
+                     const tok_range *special, size_t n_special, int32_t **ids, size_t *n_ids,
+                     char err[256])
+{
+    if (!t || !ids || !n_ids || (!text && len) || (!special && n_special)) {
+        tok_set_err(err, "tok_encode_spans: NULL argument");
+        return TOK_EINPUT;
+    }
+    *ids = NULL;
+    *n_ids = 0;
+    if ((flags & ~TOK_ADD_BOS) != 0) {
+        tok_set_err(err, "tok_encode_spans: flags 0x%x: only TOK_ADD_BOS is taken", flags);
+        return TOK_EINPUT;
+    }
+    size_t end = 0;
+    for (size_t k = 0; k < n_special; k++) {
+        if (special[k].off < end || special[k].off > len || special[k].len > len - special[k].off) {
+            tok_set_err(err,
+                        "tok_encode_spans: span %zu [%zu, +%zu) overlaps the one before or ends "
+                        "past the text (%zu bytes)",
+                        k, special[k].off, special[k].len, len);
+            return TOK_EINPUT;
+        }
+        end = special[k].off + special[k].len;
+    }
+    return tok_encode_impl(t, text, len, flags, false, special, n_special, ids, n_ids, err);
 }
 
 /* ---- decoding ------------------------------------------------------------- */

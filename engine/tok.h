@@ -69,6 +69,23 @@ int32_t tok_find(const tok *t, const char *text, size_t len);
 int tok_encode(const tok *t, const char *text, size_t len, unsigned flags,
                int32_t **ids, size_t *n_ids, char err[256]);
 
+/* A byte range text[off, off + len) of an encoder's input. */
+typedef struct tok_range {
+    size_t off, len;
+} tok_range;
+
+/* tok_encode() for text that mixes a program's own markup with text from
+ * users: control-token text is matched only inside special[0..n_special)
+ * (sorted by offset, not overlapping, within len), and only where a whole
+ * token lies inside one span; everywhere else it is encoded as the plain
+ * text it spells, so a user cannot forge a control token. User-defined
+ * tokens are matched everywhere, as by tok_encode(). flags may hold
+ * TOK_ADD_BOS; TOK_PARSE_SPECIAL is refused (the spans say where). With
+ * n_special 0 this is tok_encode() without TOK_PARSE_SPECIAL. */
+int tok_encode_spans(const tok *t, const char *text, size_t len, unsigned flags,
+                     const tok_range *special, size_t n_special, int32_t **ids, size_t *n_ids,
+                     char err[256]);
+
 /* The bytes token id stands for in output text (U+2581 -> ' ', <0x0A> -> "\n",
  * byte-level BPE mapped back to bytes). Control tokens give "" unless
  * render_special. Writes at most cap bytes, returns the full length (as

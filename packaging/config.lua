@@ -130,6 +130,13 @@ plugins = {
   -- enabled = { "backend-openai", "sensor-linux", "hook-redact" },
 }
 
+-- Device facts (battery, AC power, temperature, pressure) the sensor
+-- plugins read for the policy's env. Env OUTPOST_SYSFS_ROOT sets root.
+sensors = {
+  -- root = "/",        -- where sys/ and proc/ are read
+  -- interval_s = 5,    -- seconds between readings
+}
+
 -- The agent's memory budget in MiB (0: none). The kernel ceiling is the
 -- unit's MemoryMax= (2G): change both together (`systemctl edit outpost`).
 -- memory_max_mb = 2048

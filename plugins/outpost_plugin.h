@@ -4,9 +4,11 @@
  *
  * A plugin is a file <plugins.dir>/<name>.so that exports one object,
  *
- *     const outpost_plugin outpost_plugin = { OUTPOST_PLUGIN_ABI_VERSION,
- *                                             sizeof(outpost_plugin), ... };
+ *     OUTPOST_PLUGIN_EXPORT(my_plugin) = { OUTPOST_PLUGIN_ABI_VERSION,
+ *                                          sizeof(outpost_plugin), ... };
  *
+ * (its symbol is `outpost_plugin`: C does not let a variable share the
+ * typedef's name, so the macro names the symbol with an asm label),
  * naming itself (the name must equal the file name without ".so"), its
  * kind, and a table of that kind's operations. The agent dlopen()s the
  * file, reads the object, and refuses the plugin - with one line naming the
@@ -120,10 +122,14 @@ typedef struct outpost_chat_request {
 } outpost_chat_request;
 
 /* Where the reply goes, as it arrives. on_text gets valid UTF-8 pieces in
- * order; a nonzero return cancels the call (OUTPOST_ECANCELLED). */
+ * order; a nonzero return cancels the call (OUTPOST_ECANCELLED). cancelled
+ * (may be NULL) is polled while the call waits (connecting, the remote's
+ * prefill, a backoff pause between attempts): nonzero stops the call the
+ * same way, so a client that hangs up does not keep a remote call alive. */
 typedef struct outpost_stream {
     void *ud;
     int (*on_text)(void *ud, const char *text, size_t len);
+    int (*cancelled)(void *ud);
 } outpost_stream;
 
 typedef struct outpost_chat_result {
@@ -210,5 +216,11 @@ typedef struct outpost_plugin {
     const outpost_sensor_ops *sensor;
     const outpost_hook_ops *hook;
 } outpost_plugin;
+
+/* Defines the exported object under the symbol OUTPOST_PLUGIN_SYMBOL, with
+ * default visibility (plugins are built with hidden visibility by default):
+ *     OUTPOST_PLUGIN_EXPORT(my_plugin) = { ... };                             */
+#define OUTPOST_PLUGIN_EXPORT(var)                                                           \
+    __attribute__((visibility("default"))) const outpost_plugin var __asm__(OUTPOST_PLUGIN_SYMBOL)
 
 #endif

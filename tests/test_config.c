@@ -365,6 +365,25 @@ static void first_model_is_default_when_none_says_so(void **state)
     cfg_free(c);
 }
 
+/* Found by fuzz_config: a path ending in '/' names no file, so the model's
+ * default name is empty; the check refuses it, naming the field and the
+ * fix, and a model with its own name is fine. */
+static void model_path_naming_no_file_needs_a_name(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    cfg *c = load_text("models = { { path = \"/m/\" } }\n", CFG_OK, err);
+    assert_int_equal(c->n_models, 1);
+    assert_string_equal(c->models[0].name, "");
+    assert_int_equal(cfg_validate(c, err), CFG_EINVALID);
+    if (!strstr(err, "models[1].name") || !strstr(err, "set name"))
+        fail_msg("unexpected error: %s", err);
+    cfg_free(c);
+    c = load_text("models = { { path = \"/m/\", name = \"m\" } }\n", CFG_OK, err);
+    assert_int_equal(cfg_validate(c, err), CFG_OK);
+    cfg_free(c);
+}
+
 static void shipped_config_loads_and_its_examples_are_valid(void **state)
 {
     fixture *f = *state;
@@ -832,6 +851,7 @@ int main(void)
         T(full_file_sets_every_key),
         T(file_keeps_defaults_for_keys_it_omits),
         T(first_model_is_default_when_none_says_so),
+    T(model_path_naming_no_file_needs_a_name),
         T(shipped_config_loads_and_its_examples_are_valid),
         T(syntax_error_names_file_and_line),
         T(bytecode_is_refused),

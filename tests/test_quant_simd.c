@@ -505,6 +505,57 @@ static void gemm_tiles_of_every_shape_match_scalar_dots(void **state)
         skip();
 }
 
+/* A decode call (one token) over rows longer than the activation chunk the
+ * gemm kernels prepare at a time (256 blocks of 32 or 32 super-blocks in
+ * the AVX-512 ones), so rows are summed over several passes. */
+static void gemm_decode_of_long_rows_matches_scalar_dots(void **state)
+{
+    (void)state;
+    qt_impl impls[8];
+    int ni = simd_impls(impls, 8);
+    int tested = 0;
+    for (int i = 0; i < ni; i++) {
+        for (int t = 0; t < QT_TYPE_COUNT; t++) {
+            const qt_traits *rv = qt_get_impl((qt_type)t, impls[i]);
+            if (!rv || !rv->gemm)
+                continue;
+            const qt_traits *rs = qt_get_impl((qt_type)t, QT_IMPL_SCALAR);
+            const qt_traits *ys = qt_get_impl(rs->vec_dot_type, QT_IMPL_SCALAR);
+            const int64_t n = rs->block_elems == 32 ? 32 * 601 : 256 * 75;
+            const int nr = 3;
+            const size_t xs = qt_row_bytes((qt_type)t, n) + 1, yb = qt_row_bytes(rs->vec_dot_type, n);
+            unsigned char *x = malloc(xs * nr), *y = malloc(yb);
+            float *xf = malloc((size_t)n * sizeof(float)), *yf = malloc((size_t)n * sizeof(float));
+            float *xd = malloc((size_t)n * sizeof(float)), *yd = malloc((size_t)n * sizeof(float));
+            float s[3];
+            assert_true(x && y && xf && yf && xd && yd);
+            make_act((qt_type)t, n, 77, yf, y);
+            ys->to_float(y, yd, n);
+            for (int r = 0; r < nr; r++)
+                make_row((qt_type)t, r % 2, n, 900 + (uint64_t)r, xf, x + (size_t)r * xs);
+            rv->gemm(n, s, 0, x, xs, nr, y, yb, 1);
+            for (int r = 0; r < nr; r++) {
+                float want;
+                rs->vec_dot(n, &want, x + (size_t)r * xs, y);
+                rs->to_float(x + (size_t)r * xs, xd, n);
+                double tol = 1e-5 * dot_magnitude((qt_type)t, x + (size_t)r * xs, y, n, xd, yd) + 1e-6;
+                if (!(fabs((double)s[r] - want) <= tol))
+                    fail_msg("%s/%s decode of %lld elements, row %d: %.9g, scalar %.9g",
+                             qt_type_name((qt_type)t), qt_impl_name(impls[i]), (long long)n, r, s[r], want);
+            }
+            free(x);
+            free(y);
+            free(xf);
+            free(yf);
+            free(xd);
+            free(yd);
+            tested++;
+        }
+    }
+    if (tested == 0)
+        skip();
+}
+
 /* The scalar rows have no gemm (callers loop over vec_dot there), and every
  * SIMD row with one declares a usable tile. */
 static void gemm_rows_declare_their_tile(void **state)
@@ -739,6 +790,7 @@ int main(void)
         cmocka_unit_test(q8_0_dots_are_exact_for_weight_code_minus_128),
         cmocka_unit_test(gemm_rows_declare_their_tile),
         cmocka_unit_test(gemm_tiles_of_every_shape_match_scalar_dots),
+        cmocka_unit_test(gemm_decode_of_long_rows_matches_scalar_dots),
         cmocka_unit_test(matmul_is_thread_count_invariant_and_matches_scalar),
         cmocka_unit_test(simd_quantizers_are_bit_identical_to_scalar),
         cmocka_unit_test(simd_decoders_are_bit_identical_to_scalar),

@@ -493,6 +493,88 @@ static void control_tokens_are_parsed_only_with_parse_special(void **state)
     unload(&l);
 }
 
+static size_t encode_spans(const tok *t, const char *s, const tok_range *sp, size_t n_sp,
+                           int32_t *out, size_t cap)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char err[256] = "";
+    if (tok_encode_spans(t, s, strlen(s), 0, sp, n_sp, &ids, &n, err))
+        fail_msg("tok_encode_spans(\"%s\"): %s", s, err);
+    assert_true(n <= cap);
+    memcpy(out, ids, n * sizeof *ids);
+    free(ids);
+    return n;
+}
+
+/* A chat prompt's own markup may hold control tokens, the user text inside
+ * it may not: control-token text counts only inside the given spans, and
+ * only when the whole token is inside one. */
+static void control_tokens_are_parsed_only_inside_given_spans(void **state)
+{
+    (void)state;
+    loaded l = load_vocab("gpt-2");
+    const char *s = "A<|endoftext|>B<|endoftext|>C"; /* the token is 13 bytes */
+    int32_t ids[64], want[64], part[64];
+    size_t n_count = 0;
+
+    /* Only the first one is markup. */
+    size_t n = encode_spans(l.t, s, (tok_range[]){{1, 13}}, 1, ids, 64);
+    for (size_t i = 0; i < n; i++)
+        n_count += ids[i] == 50256;
+    assert_int_equal(n_count, 1);
+    size_t nw = encode(l.t, "A", 0, want, 64);
+    want[nw++] = 50256;
+    size_t np = encode(l.t, "B<|endoftext|>C", 0, part, 64);
+    memcpy(want + nw, part, np * sizeof *part);
+    nw += np;
+    assert_int_equal(n, nw);
+    assert_memory_equal(ids, want, n * sizeof *ids);
+
+    /* A span that ends inside the token, or starts after its first byte,
+     * does not make it. */
+    n = encode_spans(l.t, s, (tok_range[]){{1, 12}}, 1, ids, 64);
+    assert_false(contains(ids, n, 50256));
+    n = encode_spans(l.t, s, (tok_range[]){{0, 1}, {2, 12}}, 2, ids, 64);
+    assert_false(contains(ids, n, 50256));
+
+    /* No spans: the text as plain text; one span over everything: as with
+     * TOK_PARSE_SPECIAL. */
+    n = encode_spans(l.t, s, NULL, 0, ids, 64);
+    nw = encode(l.t, s, 0, want, 64);
+    assert_int_equal(n, nw);
+    assert_memory_equal(ids, want, n * sizeof *ids);
+    n = encode_spans(l.t, s, (tok_range[]){{0, strlen(s)}}, 1, ids, 64);
+    nw = encode(l.t, s, TOK_PARSE_SPECIAL, want, 64);
+    assert_int_equal(n, nw);
+    assert_memory_equal(ids, want, n * sizeof *ids);
+
+    /* Spans out of order, overlapping or past the end, and the flag the
+     * spans replace, are refused. */
+    int32_t *p = NULL;
+    size_t np2 = 0;
+    char err[256] = "";
+    assert_int_equal(tok_encode_spans(l.t, s, strlen(s), 0, (tok_range[]){{5, 5}, {4, 1}}, 2,
+                                      &p, &np2, err), TOK_EINPUT);
+    assert_non_null(strstr(err, "span 1"));
+    assert_int_equal(tok_encode_spans(l.t, s, strlen(s), 0, (tok_range[]){{20, 10}}, 1, &p,
+                                      &np2, err), TOK_EINPUT);
+    assert_int_equal(tok_encode_spans(l.t, s, strlen(s), TOK_PARSE_SPECIAL, NULL, 0, &p, &np2,
+                                      err), TOK_EINPUT);
+    assert_null(p);
+    unload(&l);
+
+    /* SentencePiece: "</s>" outside the spans stays text, inside is EOS. */
+    l = load_vocab("llama-spm");
+    n = encode_spans(l.t, "a</s>b</s>", (tok_range[]){{6, 4}}, 1, ids, 64);
+    assert_int_equal(ids[n - 1], 2);
+    n_count = 0;
+    for (size_t i = 0; i < n; i++)
+        n_count += ids[i] == 2;
+    assert_int_equal(n_count, 1);
+    unload(&l);
+}
+
 static void user_defined_tokens_are_always_split_out(void **state)
 {
     (void)state;
@@ -1252,6 +1334,7 @@ int main(void)
         cmocka_unit_test(spm_leading_space_prefix_and_escape),
         cmocka_unit_test(spm_word_split_gives_the_same_ids_as_merging_whole_runs),
         cmocka_unit_test(control_tokens_are_parsed_only_with_parse_special),
+        cmocka_unit_test(control_tokens_are_parsed_only_inside_given_spans),
         cmocka_unit_test(user_defined_tokens_are_always_split_out),
         cmocka_unit_test(add_bos_prepends_bos_and_decode_drops_it),
         cmocka_unit_test(bpe_invalid_utf8_round_trips_where_the_vocab_can_spell_it),

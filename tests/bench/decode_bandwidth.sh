@@ -6,7 +6,7 @@
 # bandwidth in the same run. Prints a table and one JSON line per type;
 # asserts nothing about time.
 #
-#   tests/bench/decode_bandwidth.sh [BUILD_DIR] [TYPES...]   (default: build q4_0 q8_0)
+#   tests/bench/decode_bandwidth.sh [BUILD_DIR] [TYPES...]   (default: build q4_0 q8_0 q4_k_m)
 #
 # Environment: THREADS (2), PP (128), TG (64), REPS (3), SHAPE (tinyllama-1.1b),
 # CTK (f16; or q8_0), WORK (a temporary directory; the models are ~0.6-1.2 GB
@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$here/build}
 shift || true
 types=("$@")
-[ ${#types[@]} -gt 0 ] || types=(q4_0 q8_0)
+[ ${#types[@]} -gt 0 ] || types=(q4_0 q8_0 q4_k_m)
 bin=$build/agent/outpost
 shared=${OUTPOST_SHARED:-$here/../shared}
 threads=${THREADS:-2} pp=${PP:-128} tg=${TG:-64} reps=${REPS:-3} shape=${SHAPE:-tinyllama-1.1b}

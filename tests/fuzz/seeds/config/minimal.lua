@@ -1,0 +1,1 @@
+models = {{path="m.gguf"}} return 1
