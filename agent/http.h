@@ -31,6 +31,7 @@
 
 #include "api.h"
 #include "cloud.h"
+#include "outpost_plugin.h"
 #include "pii.h"
 #include "pol.h"
 #include "scheduler.h"
@@ -84,17 +85,11 @@ typedef struct http_services {
     void *reload_ud;
 } http_services;
 
-/* What the sensor plugins last read (serve.c samples them): NaN, or -1 for
- * on_ac, when unknown. The policy's env gets battery_pct, on_ac and temp_c
- * (nil when unknown); /metrics shows each known fact as a gauge. */
-typedef struct http_device_facts {
-    double battery_pct;      /* 0..100 */
-    int on_ac;               /* 1 on mains, 0 on battery, -1 unknown */
-    double temp_c;           /* the hottest thermal zone */
-    double cpu_pressure_pct; /* PSI "some" avg10 */
-    double mem_pressure_pct;
-    double io_pressure_pct;
-} http_device_facts;
+/* What the sensor plugins last read (serve.c samples them): the plugin
+ * ABI's own record, so facts pass through unchanged. NaN, or -1 for on_ac,
+ * when unknown. The policy's env gets battery_pct, on_ac and temp_c (nil
+ * when unknown); /metrics shows each known fact as a gauge. */
+typedef outpost_sensor_facts http_device_facts;
 
 /* Every fact unknown. */
 void http_device_facts_unknown(http_device_facts *f);

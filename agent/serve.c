@@ -650,9 +650,8 @@ static void sensors_sample(serve_state *S)
     http_device_facts_unknown(&all);
     for (size_t i = 0; i < S->n_sensors; i++) {
         sensor_slot *s = &S->sensors[i];
-        outpost_sensor_facts f = {.battery_pct = NAN, .on_ac = -1, .temp_c = NAN,
-                                  .cpu_pressure_pct = NAN, .mem_pressure_pct = NAN,
-                                  .io_pressure_pct = NAN};
+        outpost_sensor_facts f;
+        http_device_facts_unknown(&f);
         char serr[OUTPOST_PLUGIN_ERR_SIZE] = "";
         if (s->ops->read(s->inst, &f, serr)) {
             serr[sizeof serr - 1] = '\0';
