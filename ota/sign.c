@@ -1,5 +1,5 @@
 /*
- * ota_sign.c - minisign-compatible keys and signatures (see ota_sign.h for
+ * ota/sign.c - minisign-compatible keys and signatures (see ota_sign.h for
  * the formats, cited from minisign's documentation).
  *
  * Parsing is strict and line-based: every file is exactly its lines (LF or
