@@ -1103,6 +1103,17 @@ static json_t *served_json(const api_served *s)
     set(&b, o, "truncated", json_boolean(s->truncated));
     if (s->session && s->session[0])
         set(&b, o, "session", jstr(s->session, strlen(s->session)));
+    if (s->remote.target && s->remote.target[0]) {
+        json_t *r = json_object();
+        const char *const fields[][2] = {{"target", s->remote.target},
+                                         {"route", s->remote.route},
+                                         {"reason", s->remote.reason},
+                                         {"error", s->remote.error}};
+        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+            if (fields[i][1] && fields[i][1][0])
+                set(&b, r, fields[i][0], jstr(fields[i][1], strlen(fields[i][1])));
+        set(&b, o, "remote", r);
+    }
     if (!b.ok) {
         json_decref(o);
         return NULL;

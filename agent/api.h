@@ -178,6 +178,13 @@ typedef struct api_served {
     int64_t cached_tokens; /* prompt tokens whose KV state was reused */
     bool truncated;        /* the conversation was cut to fit the context */
     const char *session;   /* the session the turn belongs to; NULL or "": none */
+    /* When a peer or the cloud was asked (target not NULL or ""), the
+     * "remote" object: {"target", ["route", "reason"] (what a remote Outpost
+     * decided, when it said), ["error"] (why the call failed or was refused:
+     * the fallback's cause)}. Each field NULL or "": left out. */
+    struct {
+        const char *target, *route, *reason, *error;
+    } remote;
 } api_served;
 
 /* "chatcmpl-" or "cmpl-" followed by 24 random letters and digits. */

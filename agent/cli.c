@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void cli_error(const char *cmd, const char *fmt, ...)
 {
@@ -117,4 +118,18 @@ double cli_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+bool cli_in_build_tree(void)
+{
+#ifdef OUTPOST_BUILD_DIR
+    char exe[4096], built[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return false;
+    exe[n] = '\0';
+    return realpath(OUTPOST_BUILD_DIR "/agent/outpost", built) && strcmp(exe, built) == 0;
+#else
+    return false;
+#endif
 }

@@ -30,7 +30,12 @@ int cmd_policy(int argc, char **argv); /* policy test | policy reload */
 int cmd_serve(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_status(int argc, char **argv);
-int cmd_ota(int argc, char **argv); /* ota keygen | sign | verify */
+int cmd_ota(int argc, char **argv); /* ota keygen | sign | verify | diff | patch | manifest */
+int cmd_fleet(int argc, char **argv); /* fleet cmd (and the OTA senders) */
+/* `outpost fleet publish` and `outpost fleet adapter` (cmd_fleet_publish.c),
+ * argv[0] the subcommand: rows of cmd_fleet's subcommand table. */
+int fleet_publish_main(int argc, char **argv);
+int fleet_adapter_main(int argc, char **argv);
 /* `outpost policy reload`: ask the running agent (cmd_client.c). */
 int cmd_policy_reload(int argc, char **argv);
 
@@ -54,5 +59,11 @@ char *cli_read_file(const char *cmd, const char *path, size_t *len);
 
 /* Monotonic clock in seconds. */
 double cli_now(void);
+
+/* Whether this process is the outpost binary of the build tree it was built
+ * in (<OUTPOST_BUILD_DIR>/agent/outpost): then the agent and the client
+ * commands load the plugins and modules built beside it rather than the
+ * installed ones. false in a binary built without OUTPOST_BUILD_DIR. */
+bool cli_in_build_tree(void);
 
 #endif

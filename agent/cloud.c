@@ -357,6 +357,7 @@ static void fall_back(cloud *c, sched_job *j, const char *reason, const char *wh
 {
     j->route = STORE_ROUTE_LOCAL;
     snprintf(j->reason, sizeof j->reason, "%s", reason);
+    snprintf(j->remote_error, sizeof j->remote_error, "%s", why);
     pthread_mutex_lock(&c->mu);
     c->fallbacks++;
     pthread_mutex_unlock(&c->mu);
@@ -473,8 +474,13 @@ static void run_job(cloud *c, sched_job *j)
     } else {
         mark_reachable(c, false, false);
         fail(j, SCHED_EREMOTE, "the %s failed after part of its reply: %s", c->target, perr);
+        snprintf(j->remote_error, sizeof j->remote_error, "%s", perr);
         logf_(c, "request %s: %s", j->request_id, j->err);
     }
+    /* A remote Outpost's own decision goes back to the client (the
+     * response's outpost.remote). */
+    snprintf(j->remote_route, sizeof j->remote_route, "%s", res.remote_route);
+    snprintf(j->remote_reason, sizeof j->remote_reason, "%s", res.remote_reason);
     if (res.remote_route[0] && rc == OUTPOST_OK && c->route == STORE_ROUTE_PEER &&
         strcmp(res.remote_route, "local") != 0)
         logf_(c, "request %s: the peer answered on its route %s (%s)", j->request_id,
@@ -737,6 +743,8 @@ int cloud_open(cloud **out, const cloud_opts *o, char err[256])
         return CLOUD_ENOMEM;
     }
     snprintf(c->target, sizeof c->target, "%s", o->target);
+    _Static_assert(sizeof c->target <= sizeof ((sched_job *)0)->remote_target,
+                   "a target name fits sched_job.remote_target");
     c->route = strcmp(o->target, "peer") == 0 ? STORE_ROUTE_PEER : STORE_ROUTE_CLOUD;
     c->ops = o->ops;
     c->inst = o->inst;

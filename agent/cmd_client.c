@@ -2,7 +2,9 @@
  * cmd_client.c - the commands that talk to a running agent over its Unix
  * socket: `outpost chat`, `outpost status` and `outpost policy reload`.
  *
- * HTTP is libcurl's (CURLOPT_UNIX_SOCKET_PATH); JSON is jansson's. The
+ * HTTP is libcurl's, in the module outpost-client.so that these commands
+ * dlopen() (client_http.h): the daemon, built into the same binary, then
+ * never maps libcurl and what it links. JSON is jansson's. The
  * socket is found the way the agent finds it: --socket, else the config
  * file's listen.socket (-c), else OUTPOST_SOCKET, else the built-in default,
  * so a plain `outpost chat hi` reaches a plain `outpost serve`.
@@ -10,7 +12,7 @@
  * chat streams: the reply is printed as its SSE events arrive, and the
  * routing facts (route, reason, session, TTFT) go to stderr afterwards.
  */
-#include <curl/curl.h>
+#include <dlfcn.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -18,7 +20,13 @@
 #include <string.h>
 
 #include "cli.h"
+#include "client_http.h"
 #include "config.h"
+
+/* Where meson installs outpost-client.so (agent/meson.build). */
+#ifndef OUTPOST_CLIENT_MODULE_PATH
+#define OUTPOST_CLIENT_MODULE_PATH "/usr/local/lib/outpost/" CLIENT_HTTP_MODULE
+#endif
 
 static const char *str_or(const char *s, const char *fallback) { return s ? s : fallback; }
 
@@ -45,80 +53,63 @@ static char *find_socket(const char *cmd, const char *flag, const char *config)
     return path;
 }
 
-typedef struct reply {
-    char *body;
-    size_t len;
-    long status;
-    /* Streaming: complete events are handed to on_event as they arrive. */
-    bool (*on_event)(void *ud, const char *data, size_t len);
-    void *ud;
-    size_t scanned;
-    bool stop;
-} reply;
+/* A command's way to the agent: its socket and the transport module. */
+typedef struct agent_link {
+    const char *cmd;
+    char *sock;
+    void *module;
+    const client_http_ops *http;
+} agent_link;
 
-static size_t on_data(char *p, size_t size, size_t n, void *ud)
+static void link_close(agent_link *l)
 {
-    reply *r = ud;
-    size_t k = size * n;
-    char *b = realloc(r->body, r->len + k + 1);
-    if (!b)
-        return 0;
-    r->body = b;
-    memcpy(r->body + r->len, p, k);
-    r->len += k;
-    r->body[r->len] = '\0';
-    if (!r->on_event)
-        return k;
-    /* Server-Sent Events: events end with a blank line; ours are single
-     * "data: ..." lines. Consumed events are dropped from the buffer. */
-    for (;;) {
-        char *end = strstr(r->body + r->scanned, "\n\n");
-        if (!end)
-            break;
-        *end = '\0';
-        const char *line = r->body + r->scanned;
-        if (!strncmp(line, "data: ", 6) && !r->stop)
-            r->stop = !r->on_event(r->ud, line + 6, (size_t)(end - line) - 6);
-        r->scanned = (size_t)(end - r->body) + 2;
+    if (l->module)
+        dlclose(l->module);
+    free(l->sock);
+    *l = (agent_link){0};
+}
+
+/* Find the socket and load outpost-client.so (client_http.h): the build
+ * tree's when this binary is the build tree's, else the installed one.
+ * false after printing an error. */
+static bool link_open(agent_link *l, const char *cmd, const char *sock_flag, const char *config)
+{
+    *l = (agent_link){.cmd = cmd};
+    if (!(l->sock = find_socket(cmd, sock_flag, config)))
+        return false;
+    const char *path = OUTPOST_CLIENT_MODULE_PATH;
+#ifdef OUTPOST_BUILD_DIR
+    if (cli_in_build_tree())
+        path = OUTPOST_BUILD_DIR "/agent/" CLIENT_HTTP_MODULE;
+#endif
+    if (!(l->module = dlopen(path, RTLD_NOW | RTLD_LOCAL))) {
+        const char *why = dlerror();
+        cli_error(cmd, "cannot load the client module: %s", why ? why : path);
+        link_close(l);
+        return false;
     }
-    memmove(r->body, r->body + r->scanned, r->len - r->scanned + 1);
-    r->len -= r->scanned;
-    r->scanned = 0;
-    return k;
+    const client_http_ops *ops = dlsym(l->module, CLIENT_HTTP_SYMBOL);
+    if (!ops || ops->abi_version != CLIENT_HTTP_ABI_VERSION ||
+        ops->struct_size < sizeof(client_http_ops) || !ops->request) {
+        cli_error(cmd, "%s: %s (expected version %u; reinstall outpost)", path,
+                  !ops ? "no " CLIENT_HTTP_SYMBOL " symbol" : "a mismatched client module",
+                  CLIENT_HTTP_ABI_VERSION);
+        link_close(l);
+        return false;
+    }
+    l->http = ops;
+    return true;
 }
 
 /* One request to the agent. body NULL: GET (or method). Returns false after
  * printing an error when the agent cannot be reached. */
-static bool agent_request(const char *cmd, const char *sock, const char *method,
-                          const char *path, const char *body, reply *out)
+static bool agent_request(agent_link *l, const char *method, const char *path,
+                          const char *body, client_http_event_fn on_event, void *ud,
+                          client_http_reply *out)
 {
-    CURL *curl = curl_easy_init();
-    if (!curl) {
-        cli_error(cmd, "cannot initialise libcurl");
-        return false;
-    }
-    char url[512];
-    snprintf(url, sizeof url, "http://localhost%s", path);
-    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
-    curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, sock);
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, out);
-    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
-    if (body) {
-        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdr);
-        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
-    }
-    if (method)
-        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
-    CURLcode rc = curl_easy_perform(curl);
-    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &out->status);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(curl);
-    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && out->stop)) {
-        cli_error(cmd, "cannot reach the agent at %s: %s (is 'outpost serve' running?)", sock,
-                  curl_easy_strerror(rc));
+    char err[256];
+    if (l->http->request(l->sock, method, path, body, on_event, ud, out, err)) {
+        cli_error(l->cmd, "cannot reach the agent at %s (is 'outpost serve' running?)", err);
         return false;
     }
     return true;
@@ -258,18 +249,15 @@ int cmd_chat(int argc, char **argv)
     json_decref(req);
 
     int status = CLI_FAIL;
-    char *sock = find_socket(cmd, sock_flag, config);
+    agent_link link = {0};
     chat_state cs = {0};
-    reply r = {.on_event = chat_event, .ud = &cs};
-    if (!body || !sock) {
-        if (!body)
-            cli_error(cmd, "out of memory");
+    client_http_reply r = {0};
+    if (!body) {
+        cli_error(cmd, "out of memory");
         goto done;
     }
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    bool reached = agent_request(cmd, sock, NULL, "/v1/chat/completions", body, &r);
-    curl_global_cleanup();
-    if (!reached)
+    if (!link_open(&link, cmd, sock_flag, config) ||
+        !agent_request(&link, NULL, "/v1/chat/completions", body, chat_event, &cs, &r))
         goto done;
     if (r.status != 200) {
         print_error_body(cmd, r.status, r.body);
@@ -297,7 +285,7 @@ done:
     json_decref(cs.outpost);
     free(r.body);
     free(body);
-    free(sock);
+    link_close(&link);
     return status;
 }
 
@@ -354,18 +342,18 @@ int cmd_status(int argc, char **argv)
         cli_error(cmd, "unexpected argument '%s'", argv[optind]);
         return CLI_USAGE;
     }
-    char *sock = find_socket(cmd, sock_flag, config);
-    if (!sock)
+    agent_link link;
+    if (!link_open(&link, cmd, sock_flag, config))
         return CLI_FAIL;
     int status = CLI_FAIL;
-    reply health = {0}, models = {0}, metrics = {0};
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (!agent_request(cmd, sock, NULL, "/health", NULL, &health))
+    client_http_reply health = {0}, models = {0}, metrics = {0};
+    if (!agent_request(&link, NULL, "/health", NULL, NULL, NULL, &health))
         goto done;
-    printf("%-14s %s (%s)\n", "agent", health.status == 200 ? "ready" : "loading", sock);
+    printf("%-14s %s (%s)\n", "agent", health.status == 200 ? "ready" : "loading", link.sock);
     if (health.status != 200)
         goto done;
-    if (agent_request(cmd, sock, NULL, "/v1/models", NULL, &models) && models.status == 200) {
+    if (agent_request(&link, NULL, "/v1/models", NULL, NULL, NULL, &models) &&
+        models.status == 200) {
         json_t *j = json_loads(models.body ? models.body : "", 0, NULL);
         size_t i;
         json_t *m;
@@ -378,7 +366,8 @@ int cmd_status(int argc, char **argv)
         print_error_body(cmd, models.status, models.body);
         goto done;
     }
-    if (agent_request(cmd, sock, NULL, "/metrics", NULL, &metrics) && metrics.status == 200) {
+    if (agent_request(&link, NULL, "/metrics", NULL, NULL, NULL, &metrics) &&
+        metrics.status == 200) {
         static const struct {
             const char *metric, *label;
         } rows[] = {
@@ -389,6 +378,8 @@ int cmd_status(int argc, char **argv)
             {"outpost_cached_tokens_total", "cached tokens"},
             {"outpost_completion_tokens_total", "generated"},
             {"outpost_decode_tokens_per_second", "decode tok/s"},
+            {"outpost_kv_saved_sessions", "saved sessions"},
+            {"outpost_kv_disk_bytes", "saved KV bytes"},
         };
         for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
             bool found;
@@ -399,11 +390,10 @@ int cmd_status(int argc, char **argv)
     }
     status = CLI_OK;
 done:
-    curl_global_cleanup();
     free(health.body);
     free(models.body);
     free(metrics.body);
-    free(sock);
+    link_close(&link);
     return status;
 }
 
@@ -431,13 +421,12 @@ int cmd_policy_reload(int argc, char **argv)
         cli_error(cmd, "reload: unexpected argument '%s'", argv[optind]);
         return CLI_USAGE;
     }
-    char *sock = find_socket(cmd, sock_flag, config);
-    if (!sock)
+    agent_link link;
+    if (!link_open(&link, cmd, sock_flag, config))
         return CLI_FAIL;
-    reply r = {0};
-    curl_global_init(CURL_GLOBAL_DEFAULT);
+    client_http_reply r = {0};
     int status = CLI_FAIL;
-    if (agent_request(cmd, sock, NULL, "/v1/policy/reload", "{}", &r)) {
+    if (agent_request(&link, NULL, "/v1/policy/reload", "{}", NULL, NULL, &r)) {
         if (r.status == 200) {
             printf("policy reloaded\n");
             status = CLI_OK;
@@ -445,8 +434,7 @@ int cmd_policy_reload(int argc, char **argv)
             print_error_body(cmd, r.status, r.body);
         }
     }
-    curl_global_cleanup();
     free(r.body);
-    free(sock);
+    link_close(&link);
     return status;
 }

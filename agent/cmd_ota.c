@@ -1,6 +1,8 @@
 /*
  * cmd_ota.c - `outpost ota keygen|sign|verify`: minisign-compatible keys
- * and signatures from the command line (the formats live in ota_sign.c).
+ * and signatures from the command line (the formats live in ota/sign.c);
+ * `outpost ota diff|patch`: tensor-aware model deltas (ota/delta.c);
+ * `outpost ota manifest`: signed update manifests (ota/manifest.c).
  *
  * The flags, defaults and outputs are minisign's, so scripts written for
  * one work with the other: -p ./minisign.pub, -s ~/.minisign/minisign.key
@@ -22,6 +24,8 @@
 #include <sodium.h>
 
 #include "cli.h"
+#include "delta.h"
+#include "manifest.h"
 #include "ota_sign.h"
 
 static const char usage_text[] =
@@ -29,6 +33,11 @@ static const char usage_text[] =
     "       outpost ota sign [-s SECFILE] [-x SIGFILE] [-t COMMENT] [-c COMMENT] [-l] [-q]\n"
     "                        -m FILE [FILE...]\n"
     "       outpost ota verify [-p PUBFILE | -P PUBKEY] [-x SIGFILE] [-H] [-q | -Q] -m FILE\n"
+    "       outpost ota diff BASE TARGET -o DELTA [--level N] [--no-qdiff] [--json]\n"
+    "       outpost ota patch BASE DELTA -o OUT [--json]\n"
+    "       outpost ota manifest (--delta DELTA | --full FILE) --version N -o MANIFEST ...\n"
+    "       (`outpost ota diff --help` describes model deltas, `outpost ota manifest\n"
+    "       --help` update manifests)\n"
     "\n"
     "Ed25519 keys and signatures in minisign's file formats: `minisign -V` accepts\n"
     "what `outpost ota sign` signs, and `outpost ota verify` (and the agent) accept\n"
@@ -382,10 +391,341 @@ done:
     return status;
 }
 
+/* ---- diff / patch ------------------------------------------------------------------ */
+
+static const char delta_usage_text[] =
+    "usage: outpost ota diff BASE TARGET -o DELTA [--level N] [--no-qdiff] [--json]\n"
+    "       outpost ota patch BASE DELTA -o OUT [--json]\n"
+    "\n"
+    "Model deltas that know the GGUF layout. `diff` writes DELTA, which turns the\n"
+    "model BASE into the model TARGET; `patch` applies it to BASE and writes OUT,\n"
+    "byte for byte equal to TARGET. Both work one tensor (piece of 4 MiB) at a time\n"
+    "on mapped files, so their memory does not grow with the model.\n"
+    "\n"
+    "A delta holds the target's metadata (zstd) and, for each target tensor in file\n"
+    "order, one of:\n"
+    "  same    the base tensor of the same name, type and shape has the same bytes\n"
+    "  patch   zstd with the base tensor as reference (--patch-from, per piece)\n"
+    "  qdiff   Q4_0/Q8_0 blocks coded as differences from the base's blocks in the\n"
+    "          same places, then zstd: a fine-tune that moves every weight a little\n"
+    "          leaves most quants equal or off by one (chosen when it is smaller)\n"
+    "  new     zstd alone (no base tensor of that name)\n"
+    "It is bound to the BLAKE2b-256 hashes of BASE and TARGET: `patch` refuses a\n"
+    "base with another hash before it writes anything, checks every rebuilt\n"
+    "tensor's hash and the whole file's, writes OUT.tmp, fsyncs it and renames it\n"
+    "to OUT (an existing OUT is replaced only then). On any error no OUT.tmp is\n"
+    "left and OUT is untouched. The format is described in ota/delta.h.\n"
+    "\n"
+    "  -o, --output FILE  where to write the delta (diff) or the model (patch)\n"
+    "  --level N          zstd level, 1..19 (default 9); higher is smaller, slower\n"
+    "  --no-qdiff         diff: never use the block-aware transform\n"
+    "  --json             print one JSON object instead of the text summary\n"
+    "  -h, --help         this text\n"
+    "\n"
+    "diff prints the sizes of base, target and delta, the delta's share of the\n"
+    "target, the time taken and how many tensors were same, patch, qdiff and new.\n"
+    "\n"
+    "Exit status: 0 ok; 1 a file could not be read or written, is not a GGUF\n"
+    "model or a delta, the delta is damaged or truncated, or BASE is not the\n"
+    "delta's base (one line on stderr naming the file and what was wrong);\n"
+    "2 usage error.\n";
+
+enum { OPT_LEVEL = 300, OPT_NO_QDIFF, OPT_JSON };
+static const struct option delta_opts[] = {
+    {"output", required_argument, NULL, 'o'},
+    {"level", required_argument, NULL, OPT_LEVEL},
+    {"no-qdiff", no_argument, NULL, OPT_NO_QDIFF},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static double mib(uint64_t n) { return (double)n / (1024.0 * 1024.0); }
+
+/* Shared flag parsing of diff and patch; the two positional files in in[]. */
+static int delta_args(int argc, char **argv, const char *sub, bool is_diff, const char *in[2],
+                      const char **out, ota_delta_opts *o, bool *json)
+{
+    int c;
+    long level;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:h", delta_opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': *out = optarg; break;
+        case 'h': fputs(delta_usage_text, stdout); return -1;
+        case OPT_JSON: *json = true; break;
+        case OPT_LEVEL:
+        case OPT_NO_QDIFF:
+            if (!is_diff) {
+                cli_error(cmd, "%s: %s is an option of diff", sub,
+                          c == OPT_LEVEL ? "--level" : "--no-qdiff");
+                return CLI_USAGE;
+            }
+            if (c == OPT_NO_QDIFF) {
+                o->no_qdiff = true;
+            } else {
+                if (!cli_parse_long(cmd, "--level", optarg, 1, 19, &level))
+                    return CLI_USAGE;
+                o->level = (int)level;
+            }
+            break;
+        default: return cli_bad_option(cmd, argv, c);
+        }
+    }
+    if (argc - optind != 2) {
+        cli_error(cmd, "%s: expected two files, %s (see 'outpost ota diff --help')", sub,
+                  is_diff ? "BASE and TARGET" : "BASE and DELTA");
+        return CLI_USAGE;
+    }
+    if (!*out) {
+        cli_error(cmd, "%s: -o %s is required", sub, is_diff ? "DELTA" : "OUT");
+        return CLI_USAGE;
+    }
+    in[0] = argv[optind];
+    in[1] = argv[optind + 1];
+    return CLI_OK;
+}
+
+static int ota_cmd_diff(int argc, char **argv)
+{
+    const char *in[2] = {NULL, NULL}, *out = NULL;
+    ota_delta_opts o = {0};
+    bool json = false;
+    int rc = delta_args(argc, argv, "diff", true, in, &out, &o, &json);
+    if (rc)
+        return rc < 0 ? CLI_OK : rc;
+    char err[256];
+    ota_delta_stats st;
+    double t0 = cli_now();
+    if (ota_delta_diff(in[0], in[1], out, &o, &st, err) != OTA_OK) {
+        cli_error(cmd, "diff: %s", err);
+        return CLI_FAIL;
+    }
+    double secs = cli_now() - t0;
+    double ratio = st.target_bytes ? 100.0 * (double)st.delta_bytes / (double)st.target_bytes : 0;
+    if (json) {
+        printf("{\"base_bytes\":%llu,\"target_bytes\":%llu,\"delta_bytes\":%llu,"
+               "\"ratio_pct\":%.3f,\"seconds\":%.3f,\"same\":%u,\"patch\":%u,\"qdiff\":%u,"
+               "\"new\":%u}\n",
+               (unsigned long long)st.base_bytes, (unsigned long long)st.target_bytes,
+               (unsigned long long)st.delta_bytes, ratio, secs, st.n_same, st.n_patch,
+               st.n_qdiff, st.n_new);
+    } else {
+        printf("base    %s: %llu bytes (%.2f MiB)\n", in[0], (unsigned long long)st.base_bytes,
+               mib(st.base_bytes));
+        printf("target  %s: %llu bytes (%.2f MiB)\n", in[1], (unsigned long long)st.target_bytes,
+               mib(st.target_bytes));
+        printf("delta   %s: %llu bytes (%.2f MiB), %.2f%% of the target\n", out,
+               (unsigned long long)st.delta_bytes, mib(st.delta_bytes), ratio);
+        printf("tensors %u same, %u patch, %u qdiff, %u new\n", st.n_same, st.n_patch,
+               st.n_qdiff, st.n_new);
+        printf("time    %.2f s\n", secs);
+    }
+    return CLI_OK;
+}
+
+static int ota_cmd_patch(int argc, char **argv)
+{
+    const char *in[2] = {NULL, NULL}, *out = NULL;
+    ota_delta_opts o = {0};
+    bool json = false;
+    int rc = delta_args(argc, argv, "patch", false, in, &out, &o, &json);
+    if (rc)
+        return rc < 0 ? CLI_OK : rc;
+    char err[256];
+    ota_delta_stats st;
+    double t0 = cli_now();
+    if (ota_delta_patch(in[0], in[1], out, &st, err) != OTA_OK) {
+        cli_error(cmd, "patch: %s", err);
+        return CLI_FAIL;
+    }
+    double secs = cli_now() - t0;
+    if (json)
+        printf("{\"target_bytes\":%llu,\"delta_bytes\":%llu,\"seconds\":%.3f}\n",
+               (unsigned long long)st.target_bytes, (unsigned long long)st.delta_bytes, secs);
+    else
+        printf("wrote %s: %llu bytes (%.2f MiB) from a %.2f MiB delta in %.2f s, hashes verified\n",
+               out, (unsigned long long)st.target_bytes, mib(st.target_bytes),
+               mib(st.delta_bytes), secs);
+    return CLI_OK;
+}
+
+/* ---- manifest ------------------------------------------------------------------------ */
+
+static const char manifest_usage_text[] =
+    "usage: outpost ota manifest (--delta DELTA | --full FILE) --version N -o MANIFEST\n"
+    "                            [--chunk-size BYTES] [--health-prompt TEXT\n"
+    "                            [--expect TEXT] [--max-ppl X]] [-s SECFILE]\n"
+    "\n"
+    "Write the JSON manifest of an update (format: ota/manifest.h): its version\n"
+    "(a device installs only a version above its own), kind (delta or full), the\n"
+    "BLAKE2b-256 hashes and sizes of the base and target models (for a delta, read\n"
+    "from its header; for a full model, the file itself), the payload's hash and\n"
+    "size, and the hash of each chunk the payload is cut into for delivery over\n"
+    "MQTT. With -s the manifest is signed too, into MANIFEST.minisig (prehashed\n"
+    "minisign format; `minisign -V -m MANIFEST` verifies it).\n"
+    "\n"
+    "  --delta DELTA        the payload is a delta from `outpost ota diff`\n"
+    "  --full FILE          the payload is the whole model\n"
+    "  --version N          the update's version, 1 or more\n"
+    "  -o, --output FILE    where to write the manifest\n"
+    "  --chunk-size BYTES   chunk size, 1024..67108864 (default 262144)\n"
+    "  --health-prompt TEXT the health check's probe prompt (after install)\n"
+    "  --expect TEXT        text the probe's answer must contain\n"
+    "  --max-ppl X          perplexity ceiling of the health check\n"
+    "  -s SECFILE           sign with this secret key (encrypted keys take their\n"
+    "                       password from $OUTPOST_OTA_PASSWORD)\n"
+    "  -h, --help           this text\n"
+    "\n"
+    "Exit status: 0 ok; 1 a file could not be read or written, or the delta is not\n"
+    "one; 2 usage error.\n";
+
+enum { OPT_DELTA = 400, OPT_FULL, OPT_VERSION, OPT_CHUNK, OPT_PROMPT, OPT_EXPECT, OPT_MAXPPL };
+static const struct option manifest_opts[] = {
+    {"delta", required_argument, NULL, OPT_DELTA},
+    {"full", required_argument, NULL, OPT_FULL},
+    {"version", required_argument, NULL, OPT_VERSION},
+    {"output", required_argument, NULL, 'o'},
+    {"chunk-size", required_argument, NULL, OPT_CHUNK},
+    {"health-prompt", required_argument, NULL, OPT_PROMPT},
+    {"expect", required_argument, NULL, OPT_EXPECT},
+    {"max-ppl", required_argument, NULL, OPT_MAXPPL},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static int write_text_atomic(const char *path, const char *text, char err[256])
+{
+    char *tmp = NULL;
+    if (asprintf(&tmp, "%s.tmp", path) < 0) {
+        snprintf(err, 256, "out of memory");
+        return -1;
+    }
+    FILE *f = fopen(tmp, "w");
+    bool ok = f && fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (!ok || rename(tmp, path) != 0) {
+        snprintf(err, 256, "%s: cannot write: %s", path, strerror(errno));
+        unlink(tmp);
+        free(tmp);
+        return -1;
+    }
+    free(tmp);
+    return 0;
+}
+
+static int ota_cmd_manifest(int argc, char **argv)
+{
+    const char *delta = NULL, *full = NULL, *out = NULL, *prompt = NULL, *expect = NULL,
+               *sec_path = NULL;
+    uint64_t version = 0;
+    long chunk = 0;
+    float max_ppl = 0;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:s:h", manifest_opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_DELTA: delta = optarg; break;
+        case OPT_FULL: full = optarg; break;
+        case 'o': out = optarg; break;
+        case 's': sec_path = optarg; break;
+        case OPT_PROMPT: prompt = optarg; break;
+        case OPT_EXPECT: expect = optarg; break;
+        case OPT_VERSION:
+            if (!cli_parse_u64(cmd, "--version", optarg, &version))
+                return CLI_USAGE;
+            break;
+        case OPT_CHUNK:
+            if (!cli_parse_long(cmd, "--chunk-size", optarg, OTA_MANIFEST_CHUNK_MIN,
+                                OTA_MANIFEST_CHUNK_MAX, &chunk))
+                return CLI_USAGE;
+            break;
+        case OPT_MAXPPL:
+            if (!cli_parse_float(cmd, "--max-ppl", optarg, 1e-6, 1e12, &max_ppl))
+                return CLI_USAGE;
+            break;
+        case 'h': fputs(manifest_usage_text, stdout); return CLI_OK;
+        default: return cli_bad_option(cmd, argv, c);
+        }
+    }
+    if (!only_one_file(argc, argv, "manifest"))
+        return CLI_USAGE;
+    if (!delta == !full || !out || version < 1 || version > (uint64_t)INT64_MAX) {
+        cli_error(cmd, "manifest: needs one of --delta or --full, --version N (1 or more) and "
+                       "-o MANIFEST (see 'outpost ota manifest --help')");
+        return CLI_USAGE;
+    }
+    if ((expect || max_ppl > 0) && !prompt) {
+        cli_error(cmd, "manifest: --expect and --max-ppl need --health-prompt");
+        return CLI_USAGE;
+    }
+    char err[256];
+    ota_manifest *m = NULL;
+    char *text = NULL;
+    int status = CLI_FAIL;
+    if (ota_manifest_from_file(delta ? delta : full, delta ? OTA_MANIFEST_DELTA : OTA_MANIFEST_FULL,
+                               version, (uint32_t)chunk, &m, err) ||
+        (prompt && ota_manifest_set_health(m, prompt, expect, max_ppl, err))) {
+        cli_error(cmd, "manifest: %s", err);
+        goto done;
+    }
+    if (!(text = ota_manifest_format(m))) {
+        cli_error(cmd, "manifest: out of memory");
+        goto done;
+    }
+    if (write_text_atomic(out, text, err)) {
+        cli_error(cmd, "manifest: %s", err);
+        goto done;
+    }
+    if (sec_path) {
+        bool bad;
+        char *password = load_password(NULL, &bad);
+        ota_seckey sk;
+        ota_sig *sig = malloc(sizeof *sig);
+        char *sig_path = NULL;
+        int rc = !sig || asprintf(&sig_path, "%s.minisig", out) < 0 ? -1 : 0;
+        if (rc) {
+            sig_path = NULL;
+            snprintf(err, sizeof err, "out of memory");
+        }
+        if (!rc)
+            rc = ota_seckey_load(sec_path, password, &sk, err);
+        if (password) {
+            sodium_memzero(password, strlen(password));
+            free(password);
+        }
+        if (!rc) {
+            rc = ota_sign_file(&sk, out, OTA_SIG_PREHASHED, NULL, NULL, sig, err);
+            ota_seckey_wipe(&sk);
+        }
+        if (!rc)
+            rc = ota_sig_save(sig_path, sig, err);
+        free(sig);
+        free(sig_path);
+        if (rc) {
+            cli_error(cmd, "manifest: %s", err);
+            unlink(out);
+            goto done;
+        }
+    }
+    printf("wrote %s: version %llu, %s, payload %llu bytes in %u chunks of %u%s\n", out,
+           (unsigned long long)m->version, m->kind == OTA_MANIFEST_DELTA ? "delta" : "full",
+           (unsigned long long)m->payload_size, m->n_chunks, m->chunk_size,
+           sec_path ? ", signed" : "");
+    status = CLI_OK;
+done:
+    free(text);
+    ota_manifest_free(m);
+    return status;
+}
+
 int cmd_ota(int argc, char **argv)
 {
     if (argc < 2) {
-        cli_error(cmd, "expected 'keygen', 'sign' or 'verify' (see 'outpost ota --help')");
+        cli_error(cmd, "expected 'keygen', 'sign', 'verify', 'diff', 'patch' or 'manifest' (see 'outpost ota --help')");
         return CLI_USAGE;
     }
     const char *sub = argv[1];
@@ -399,6 +739,12 @@ int cmd_ota(int argc, char **argv)
         return ota_cmd_sign(argc - 1, argv + 1);
     if (strcmp(sub, "verify") == 0)
         return ota_cmd_verify(argc - 1, argv + 1);
-    cli_error(cmd, "unknown subcommand '%s' (expected keygen, sign or verify)", sub);
+    if (strcmp(sub, "diff") == 0)
+        return ota_cmd_diff(argc - 1, argv + 1);
+    if (strcmp(sub, "patch") == 0)
+        return ota_cmd_patch(argc - 1, argv + 1);
+    if (strcmp(sub, "manifest") == 0)
+        return ota_cmd_manifest(argc - 1, argv + 1);
+    cli_error(cmd, "unknown subcommand '%s' (expected keygen, sign, verify, diff, patch or manifest)", sub);
     return CLI_USAGE;
 }

@@ -96,6 +96,7 @@ typedef struct row {
 static const char *check_url(const char *s, size_t len);
 static const char *check_broker(const char *s, size_t len);
 static const char *check_token(const char *s, size_t len);
+static const char *check_password(const char *s, size_t len);
 static const char *check_model_name(const char *s, size_t len);
 static const char *check_upstream_model(const char *s, size_t len);
 static const char *check_topic_level(const char *s, size_t len);
@@ -147,6 +148,16 @@ static const row rows[] = {
      .env = "OUTPOST_PEER", .flag = "peer", .doc = "base URL, http(s)://host:port"},
     {.path = "peer.api_key", .type = KT_STR, AT(peer.api_key), .check = check_token,
      .flags = F_OPT | F_SECRET, .env = "OUTPOST_PEER_KEY", .doc = "bearer token for the peer"},
+    {.path = "peer.connect_timeout_ms", .type = KT_INT, INT_AT(peer.call.connect_timeout_ms),
+     .min = 10, .max = 600000, .def = "3000", .doc = "connect timeout of one attempt, ms"},
+    {.path = "peer.timeout_ms", .type = KT_INT, INT_AT(peer.call.timeout_ms), .min = 0,
+     .max = 86400000, .def = "0",
+     .doc = "the whole call, retries included, ms; 0: limits.request_timeout_s"},
+    {.path = "peer.retries", .type = KT_INT, INT_AT(peer.call.retries), .min = 0, .max = 10,
+     .def = "2", .doc = "further attempts after a failure before any reply text"},
+    {.path = "peer.retry_backoff_ms", .type = KT_INT, INT_AT(peer.call.retry_backoff_ms),
+     .min = 1, .max = 60000, .def = "250",
+     .doc = "pause before the first retry, ms; doubles per retry, at most 16 times this"},
 
     {.path = "cloud", .type = KT_SECTION, .doc = "an OpenAI-compatible cloud API"},
     {.path = "cloud.url", .type = KT_STR, AT(cloud.url), .check = check_url, .flags = F_OPT,
@@ -162,6 +173,16 @@ static const row rows[] = {
     {.path = "cloud.price_per_1k_tokens", .type = KT_NUM, AT(cloud.price_per_1k_tokens),
      .fmin = 0, .fmax = 1000, .def = "0.01",
      .doc = "USD per 1000 tokens (prompt + completion), for the spend estimate"},
+    {.path = "cloud.connect_timeout_ms", .type = KT_INT, INT_AT(cloud.call.connect_timeout_ms),
+     .min = 10, .max = 600000, .def = "3000", .doc = "connect timeout of one attempt, ms"},
+    {.path = "cloud.timeout_ms", .type = KT_INT, INT_AT(cloud.call.timeout_ms), .min = 0,
+     .max = 86400000, .def = "0",
+     .doc = "the whole call, retries included, ms; 0: limits.request_timeout_s"},
+    {.path = "cloud.retries", .type = KT_INT, INT_AT(cloud.call.retries), .min = 0, .max = 10,
+     .def = "2", .doc = "further attempts after a failure before any reply text"},
+    {.path = "cloud.retry_backoff_ms", .type = KT_INT, INT_AT(cloud.call.retry_backoff_ms),
+     .min = 1, .max = 60000, .def = "250",
+     .doc = "pause before the first retry, ms; doubles per retry, at most 16 times this"},
 
     {.path = "limits", .type = KT_SECTION, .doc = "per-request and per-queue bounds"},
     {.path = "limits.max_body_bytes", .type = KT_INT, INT_AT(limits.max_body_bytes),
@@ -212,12 +233,34 @@ static const row rows[] = {
      .doc = "client certificate for mqtts"},
     {.path = "fleet.key", .type = KT_PATH, AT(fleet.key), .flags = F_OPT, .flag = "key",
      .doc = "client private key file for mqtts"},
+    {.path = "fleet.username", .type = KT_STR, AT(fleet.username), .check = check_token,
+     .flags = F_OPT, .doc = "MQTT user name; nil: none"},
+    {.path = "fleet.password", .type = KT_STR, AT(fleet.password), .check = check_password,
+     .flags = F_OPT | F_SECRET, .env = "OUTPOST_MQTT_PASSWORD", .doc = "MQTT password"},
+    {.path = "fleet.mqtt_version", .type = KT_INT, INT_AT(fleet.mqtt_version), .min = 4, .max = 5,
+     .def = "4", .doc = "4 (MQTT 3.1.1) or 5"},
+    {.path = "fleet.keepalive_s", .type = KT_INT, INT_AT(fleet.keepalive_s), .min = 5,
+     .max = 3600, .def = "30", .doc = "MQTT keep-alive in seconds"},
+    {.path = "fleet.reconnect_min_ms", .type = KT_INT, INT_AT(fleet.reconnect_min_ms), .min = 10,
+     .max = 600000, .def = "500", .doc = "first reconnect delay (doubles, with jitter)"},
+    {.path = "fleet.reconnect_max_ms", .type = KT_INT, INT_AT(fleet.reconnect_max_ms), .min = 10,
+     .max = 3600000, .def = "30000", .doc = "longest reconnect delay"},
+    {.path = "fleet.rollup_interval_s", .type = KT_INT, INT_AT(fleet.rollup_interval_s),
+     .min = 10, .max = 86400, .def = "300",
+     .doc = "seconds between telemetry roll-ups (config.set may change it)"},
+    {.path = "fleet.outbox_max_msgs", .type = KT_INT, INT_AT(fleet.outbox_max_msgs), .min = 100,
+     .max = 10000000, .def = "10000",
+     .doc = "unsent telemetry kept; beyond it the oldest roll-ups go first (config.set may "
+            "change it)"},
 
     {.path = "plugins", .type = KT_SECTION, .doc = "backend, sensor and hook plugins"},
     {.path = "plugins.dir", .type = KT_PATH, AT(plugins.dir), .env = "OUTPOST_PLUGIN_DIR",
      .flag = "plugin-dir", .doc = "where plugins are loaded from"},
     {.path = "plugins.enabled", .type = KT_NAMES, AT(plugins.enabled), .check = check_plugin_name,
-     .def = "backend-openai,sensor-linux,hook-redact", .doc = "plugins to load, by name"},
+     .def = "sensor-linux,hook-redact", .doc = "plugins to load at start, by name"},
+    {.path = "plugins.backend", .type = KT_STR, AT(plugins.backend), .check = check_plugin_name,
+     .def = "backend-openai",
+     .doc = "backend plugin for peer and cloud, loaded only when one is configured"},
 
     {.path = "sensors", .type = KT_SECTION,
      .doc = "device facts for the policy (sensor plugins); read at start, restart to change"},
@@ -396,6 +439,19 @@ static const char *check_token(const char *s, size_t len)
 {
     if (len < 1 || len > 1024 || !all_graphic(s, len))
         return "expected 1 to 1024 visible ASCII characters";
+    return NULL;
+}
+
+/* MQTT passwords may hold spaces and any UTF-8 (MQTT 3.1.1 section 3.1.3.5:
+ * binary data up to 65535 bytes); control characters are refused so a
+ * config file cannot hide one. */
+static const char *check_password(const char *s, size_t len)
+{
+    if (len < 1 || len > 65535)
+        return "expected 1 to 65535 bytes";
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return "expected no control characters";
     return NULL;
 }
 
@@ -1770,6 +1826,27 @@ int cfg_validate(const cfg *c, char err[256])
                            "listen.api_key (or OUTPOST_API_KEY) must be set", where,
                  c->listen.tcp);
         return CFG_EINVALID;
+    }
+    const struct {
+        const char *name;
+        const cfg_remote *r;
+    } remotes[] = {{"peer", &c->peer.call}, {"cloud", &c->cloud.call}};
+    for (size_t i = 0; i < 2; i++) {
+        const cfg_remote *r = remotes[i].r;
+        const char *t = remotes[i].name;
+        if (r->timeout_ms > c->limits.request_timeout_s * 1000) {
+            snprintf(err, 256, "%s: %s.timeout_ms: %lld ms is longer than "
+                               "limits.request_timeout_s (%lld s), which ends the request first "
+                               "(use 0 to follow it)", where, t, (long long)r->timeout_ms,
+                     (long long)c->limits.request_timeout_s);
+            return CFG_EINVALID;
+        }
+        if (r->timeout_ms > 0 && r->connect_timeout_ms > r->timeout_ms) {
+            snprintf(err, 256, "%s: %s.connect_timeout_ms: %lld ms is longer than %s.timeout_ms "
+                               "(%lld ms), the whole call", where, t,
+                     (long long)r->connect_timeout_ms, t, (long long)r->timeout_ms);
+            return CFG_EINVALID;
+        }
     }
     if (c->fleet.broker && (!c->fleet.device_id || !c->fleet.fleet_key)) {
         snprintf(err, 256, "%s: fleet.broker is set, so fleet.%s must be set too", where,

@@ -91,6 +91,19 @@ typedef struct cfg_strs {
     size_t n;
 } cfg_strs;
 
+/* How calls to one remote target (peer or cloud) are bounded: the keys
+ * <target>.connect_timeout_ms, .timeout_ms, .retries, .retry_backoff_ms. */
+typedef struct cfg_remote {
+    int64_t connect_timeout_ms; /* per attempt, default 3000 */
+    int64_t timeout_ms;         /* the whole call, retries and pauses included;
+                                   0 (default): limits.request_timeout_s */
+    int64_t retries;            /* further attempts after a failure before any
+                                   reply text, default 2 */
+    int64_t retry_backoff_ms;   /* pause before the first retry, doubling for
+                                   each next one (at most 16 times this), with
+                                   jitter; default 250 */
+} cfg_remote;
+
 /* One entry of `models`. */
 typedef struct cfg_model {
     char *name;       /* the API name; default: the file name without .gguf */
@@ -152,6 +165,7 @@ typedef struct cfg {
     struct {
         char *url;     /* another Outpost, http(s)://...; NULL: no peer */
         char *api_key; /* secret; NULL: none */
+        cfg_remote call;
     } peer;
 
     struct {
@@ -160,6 +174,7 @@ typedef struct cfg {
         char *model;   /* model name sent upstream; NULL: the client's */
         double budget_usd_month;    /* NaN: no cap (0 means never use the cloud) */
         double price_per_1k_tokens; /* USD, for the spend estimate */
+        cfg_remote call;
     } cloud;
 
     struct {
@@ -188,12 +203,19 @@ typedef struct cfg {
         cfg_strs groups;    /* same alphabet as device_id */
         char *topic_prefix; /* default "outpost/v1" */
         char *ca, *cert, *key; /* TLS files for mqtts (key is a path, not a secret) */
+        char *username, *password; /* NULL: none; password is a secret */
+        int64_t mqtt_version;      /* 4 (3.1.1, default) or 5 */
+        int64_t keepalive_s, reconnect_min_ms, reconnect_max_ms;
+        int64_t rollup_interval_s, outbox_max_msgs; /* config.set may change them */
     } fleet;
 
     struct {
         char *dir;        /* default: the installed plugin directory
                              (libdir/outpost/plugins), or the build tree's */
-        cfg_strs enabled; /* plugin names to load; default the in-tree three */
+        cfg_strs enabled; /* plugin names to load at start; default sensor-linux
+                             and hook-redact */
+        char *backend;    /* the backend plugin for peer and cloud, loaded when
+                             either is configured; default "backend-openai" */
     } plugins;
 
     struct {
@@ -235,6 +257,7 @@ int cfg_load_string(cfg *c, const char *text, size_t len, const char *name, char
  *   OUTPOST_BROKER     fleet.broker          OUTPOST_DEVICE_ID  fleet.device_id
  *   OUTPOST_FLEET_KEY  fleet.fleet_key       OUTPOST_PLUGIN_DIR plugins.dir
  *   OUTPOST_MEMORY_MAX_MB memory_max_mb      OUTPOST_SYSFS_ROOT sensors.root
+ *   OUTPOST_MQTT_PASSWORD fleet.password
  * Errors name the variable. */
 int cfg_apply_env(cfg *c, char err[256]);
 
@@ -254,7 +277,8 @@ int cfg_apply_flag(cfg *c, const char *flag, const char *value, char err[256]);
 /* Cross-field checks: at least one model, unique model names ("default" is
  * reserved: it always names the default model), exactly one default, a
  * socket path that fits sun_path, a TCP listener on a non-loopback address
- * only with an api_key, a fleet broker only with device_id and fleet_key,
+ * only with an api_key, remote timeouts that fit together (a connect timeout
+ * within the call's, a call within limits.request_timeout_s), a fleet broker only with device_id and fleet_key,
  * TLS cert and key together. */
 int cfg_validate(const cfg *c, char err[256]);
 

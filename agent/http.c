@@ -44,6 +44,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -454,7 +455,9 @@ static api_served served_of(const sched_job *j)
                                                    : POL_TARGET_LOCAL;
     return (api_served){.route = t, .reason = j->reason, .ttft_ms = j->ttft_ms,
                         .cached_tokens = j->cached_tokens, .truncated = j->truncated,
-                        .session = j->session_id};
+                        .session = j->session_id,
+                        .remote = {.target = j->remote_target, .route = j->remote_route,
+                                   .reason = j->remote_reason, .error = j->remote_error}};
 }
 
 static api_finish finish_of(const sched_job *j)
@@ -999,11 +1002,14 @@ static enum MHD_Result submit_generation(http_req *r, sched *sc)
     /* Set before the job can finish; cleared again below if no backend
      * took it (then no on_done will come). */
     r->submitted = true;
+    if (!local)
+        snprintf(j->remote_target, sizeof j->remote_target, "%s", be.name ? be.name : "remote");
     rc = be.submit(be.ud, j, err);
     if (rc && !local) {
         /* The remote side refused at once: answer here, and say why (the
          * backend's own reason, such as over_budget, when it gave one). */
         const char *target = be.name ? be.name : "remote";
+        snprintf(j->remote_error, sizeof j->remote_error, "%s", err);
         if (j->route != STORE_ROUTE_LOCAL) {
             snprintf(j->reason, sizeof j->reason, "%s_unreachable", target);
             j->route = STORE_ROUTE_LOCAL;
@@ -1389,6 +1395,46 @@ static void metrics_remotes(http_server *h, textbuf *b)
     }
 }
 
+/* Saved KV states of sessions: what each model's worker saved, restored,
+ * refused on restore and evicted for the budget, and what is on disk now
+ * (all models share one directory and budget). */
+static void metrics_kv(http_server *h, textbuf *b, sched_stats *st, size_t nm)
+{
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+        {"outpost_kv_saves_total", "Session KV states written to disk.",
+         offsetof(sched_stats, kv_saves)},
+        {"outpost_kv_restores_total", "Session KV states loaded back into the live cache.",
+         offsetof(sched_stats, kv_restores)},
+        {"outpost_kv_restore_failures_total",
+         "Saved KV states refused on restore (damaged, another model); the turn prefilled.",
+         offsetof(sched_stats, kv_restore_failures)},
+        {"outpost_kv_evictions_total", "Saved KV states removed to fit the disk budget.",
+         offsetof(sched_stats, kv_evictions)},
+    };
+    for (size_t k = 0; k < sizeof counters / sizeof counters[0]; k++) {
+        tb_printf(b, "# HELP %s %s\n# TYPE %s counter\n", counters[k].name, counters[k].help,
+                  counters[k].name);
+        for (size_t i = 0; i < nm; i++) {
+            uint64_t v;
+            memcpy(&v, (const char *)&st[i] + counters[k].off, sizeof v);
+            tb_printf(b, "%s{model=\"%s\"} %llu\n", counters[k].name,
+                      sched_name(h->svc.models[i]), (unsigned long long)v);
+        }
+    }
+    int64_t sessions = 0, bytes = 0;
+    char err[256];
+    if (!h->svc.st || store_kv_usage(h->svc.st, &sessions, &bytes, err))
+        return;
+    tb_printf(b, "# HELP outpost_kv_saved_sessions Sessions whose KV state is on disk.\n"
+                 "# TYPE outpost_kv_saved_sessions gauge\noutpost_kv_saved_sessions %lld\n"
+                 "# HELP outpost_kv_disk_bytes Bytes of saved KV states on disk.\n"
+                 "# TYPE outpost_kv_disk_bytes gauge\noutpost_kv_disk_bytes %lld\n",
+              (long long)sessions, (long long)bytes);
+}
+
 /* Known facts only: a gauge that is absent means "this device cannot say". */
 static void metrics_device_facts(http_server *h, textbuf *b)
 {
@@ -1521,6 +1567,7 @@ static enum MHD_Result answer_metrics(http_server *h, struct MHD_Connection *c)
         tb_histogram(&b, "outpost_token_latency_seconds", sched_name(h->svc.models[i]),
                      sched_token_bounds_ms, SCHED_TOKEN_BUCKETS, st[i].token_counts,
                      st[i].token_sum_ms);
+    metrics_kv(h, &b, st, nm);
     free(st);
     if (b.failed) {
         free(b.p);

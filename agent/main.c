@@ -28,6 +28,7 @@ static const command commands[] = {
     {"chat", cmd_chat, "send a message to the running agent and print the reply"},
     {"status", cmd_status, "show whether the agent is up, its models and counters"},
     {"ota", cmd_ota, "make keys, sign and verify files (minisign format)"},
+    {"fleet", cmd_fleet, "send signed commands to fleet devices over MQTT"},
 };
 
 static void usage(FILE *f)

@@ -116,6 +116,14 @@ struct sched {
     bool live_dirty;        /* it changed since it was last saved or restored */
     double *lat_ms;         /* per-token latencies of the running job */
     size_t cap_lat;
+
+    /* LoRA hot swap (sched_set_adapter): the caller opens the adapter and
+     * hands it over under mu; the worker attaches it between jobs. */
+    eng_lora *lora;         /* attached to ctx (worker-only once running) */
+    eng_lora *lora_next;    /* waiting to be attached (NULL: detach) */
+    bool lora_change;       /* lora_next is waiting; cleared by the worker */
+    int lora_rc;
+    char lora_err[256];
 };
 
 double sched_now(void)
@@ -1030,13 +1038,42 @@ done:
     j->sink.on_done(j->sink.ud, j);
 }
 
+/* Attach the adapter waiting in lora_next (worker, under mu, between jobs).
+ * The KV cache was computed with the old adapters, so it is forgotten: the
+ * live session is saved first when no adapter was attached (contexts with
+ * adapters neither save nor load KV states). */
+static void lora_apply(sched *s)
+{
+    if (!s->lora)
+        kv_park(s);
+    const eng_lora *const one[1] = {s->lora_next};
+    s->lora_rc = eng_ctx_set_loras(s->ctx, one, NULL, s->lora_next ? 1 : 0, s->lora_err);
+    if (s->lora_rc) {
+        eng_lora_close(s->lora_next);
+        s->lora_rc = SCHED_EINPUT;
+    } else {
+        cached_cut(s, 0);
+        s->live_session[0] = '\0';
+        s->live_dirty = false;
+        eng_lora_close(s->lora);
+        s->lora = s->lora_next;
+    }
+    s->lora_next = NULL;
+    s->lora_change = false;
+    pthread_cond_broadcast(&s->cv_idle);
+}
+
 static void *worker_main(void *arg)
 {
     sched *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (s->q_len == 0 && !s->stop)
+        while (s->q_len == 0 && !s->stop && !s->lora_change)
             pthread_cond_wait(&s->cv_work, &s->mu);
+        if (s->lora_change) {
+            lora_apply(s);
+            continue;
+        }
         if (s->q_len == 0)
             break;
         sched_job *j = s->queue[s->q_head];
@@ -1216,6 +1253,8 @@ void sched_close(sched *s)
     if (s->mu_ok)
         pthread_mutex_destroy(&s->mu);
     eng_ctx_free(s->ctx);
+    eng_lora_close(s->lora); /* after the context it was attached to */
+    eng_lora_close(s->lora_next);
     eng_model_close(s->model);
     free(s->queue);
     free(s->kv_dir);
@@ -1244,6 +1283,32 @@ int sched_submit(sched *s, sched_job *j, char err[256])
         s->stats.queue_depth = (int64_t)s->q_len;
         pthread_cond_signal(&s->cv_work);
     }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sched_set_adapter(sched *s, const char *path, char err[256])
+{
+    eng_lora *l = NULL;
+    if (path && eng_lora_open(&l, s->model, path, err))
+        return SCHED_ELOAD;
+    pthread_mutex_lock(&s->mu);
+    while (s->lora_change)
+        pthread_cond_wait(&s->cv_idle, &s->mu);
+    if (s->stop || s->closing) {
+        pthread_mutex_unlock(&s->mu);
+        eng_lora_close(l);
+        snprintf(err, 256, "model %s is shutting down", s->name);
+        return SCHED_ECLOSED;
+    }
+    s->lora_next = l;
+    s->lora_change = true;
+    pthread_cond_signal(&s->cv_work);
+    while (s->lora_change)
+        pthread_cond_wait(&s->cv_idle, &s->mu);
+    int rc = s->lora_rc;
+    if (rc)
+        snprintf(err, 256, "%s", s->lora_err);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }

@@ -134,6 +134,14 @@ struct sched_job {
     char *text;               /* everything sent to on_piece, NUL-terminated */
     double cost_usd;          /* cloud cost estimate (0 for local), recorded with it */
     size_t text_len, text_cap;
+
+    /* ---- a remote target's part, for the response's outpost.remote ---- */
+    char remote_target[8];    /* "peer" or "cloud" when the job was sent to one
+                                 (set by the caller); "" when it never was */
+    char remote_route[16];    /* what a remote Outpost decided for the job (its
+                                 reply's outpost object, written by the remote */
+    char remote_reason[64];   /* backend); "" when it said nothing (a cloud API) */
+    char remote_error[256];   /* why the remote call failed or was refused */
 };
 
 /* A zeroed job with the defaults (sampling as smp_params_default, no
@@ -206,6 +214,14 @@ int sched_submit(sched *s, sched_job *j, char err[256]);
  * finish, then cancel the rest and wait for them (they stop at their next
  * token). Returns how many had to be cancelled. */
 int sched_drain(sched *s, int timeout_ms);
+
+/* Hot-swap the LoRA adapter (GGUF, engine/lora.c) of this model: path NULL
+ * detaches. The adapter is opened here (its errors are SCHED_ELOAD) and
+ * attached by the worker between two jobs: the running job finishes with
+ * the old adapter, every later one uses the new. The live KV cache is
+ * dropped (it was computed with the old adapter). Blocks until attached;
+ * SCHED_ECLOSED while draining. Any thread. */
+int sched_set_adapter(sched *s, const char *path, char err[256]);
 
 /* Latency histograms: upper bounds in milliseconds (the +Inf bucket is
  * implicit, after the last). */

@@ -51,6 +51,8 @@
 #include "cli.h"
 #include "cloud.h"
 #include "config.h"
+#include "fleet.h"
+#include "fleet_ota.h"
 #include "http.h"
 #include "pii.h"
 #include "plugin.h"
@@ -82,6 +84,11 @@ static const char usage_text[] =
     "      --peer URL        another Outpost to offload to\n"
     "      --cloud URL       an OpenAI-compatible cloud API (key in OUTPOST_CLOUD_KEY)\n"
     "      --plugin-dir DIR  where plugins are loaded from\n"
+    "      --broker URL      join a fleet: mqtt://host:port or mqtts://host:port\n"
+    "      --device-id ID    this device's id in the fleet (one MQTT topic level)\n"
+    "      --fleet-key PUB   minisign public key that signs fleet commands\n"
+    "      --group G         a fleet group to take commands from (repeatable)\n"
+    "      --ca FILE, --cert FILE, --key FILE  TLS files for an mqtts broker\n"
     "      --set KEY=VALUE   any config key, e.g. --set limits.queue_depth=4\n"
     "  -h, --help            this text\n"
     "\n"
@@ -90,7 +97,8 @@ static const char usage_text[] =
     "Exit status: 0 after a clean stop, 1 runtime failure, 2 usage or config error.\n";
 
 enum { OPT_SOCKET = 256, OPT_LISTEN, OPT_STATE_DIR, OPT_POLICY, OPT_LUA_DIR, OPT_PEER,
-       OPT_CLOUD, OPT_SET, OPT_PLUGIN_DIR };
+       OPT_CLOUD, OPT_SET, OPT_PLUGIN_DIR, OPT_BROKER, OPT_DEVICE_ID, OPT_FLEET_KEY, OPT_GROUP,
+       OPT_CA, OPT_CERT, OPT_KEY };
 
 static const struct option long_opts[] = {
     {"config", required_argument, NULL, 'c'},
@@ -104,6 +112,13 @@ static const struct option long_opts[] = {
     {"cloud", required_argument, NULL, OPT_CLOUD},
     {"set", required_argument, NULL, OPT_SET},
     {"plugin-dir", required_argument, NULL, OPT_PLUGIN_DIR},
+    {"broker", required_argument, NULL, OPT_BROKER},
+    {"device-id", required_argument, NULL, OPT_DEVICE_ID},
+    {"fleet-key", required_argument, NULL, OPT_FLEET_KEY},
+    {"group", required_argument, NULL, OPT_GROUP},
+    {"ca", required_argument, NULL, OPT_CA},
+    {"cert", required_argument, NULL, OPT_CERT},
+    {"key", required_argument, NULL, OPT_KEY},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -145,6 +160,14 @@ typedef struct serve_state {
     struct sensor_slot *sensors;
     size_t n_sensors;
     double sensor_interval_s;
+    /* The fleet channel (NULL: no fleet.broker), started once the models
+     * serve; the model index its status names. */
+    fleet *fleet;
+    size_t default_model;
+    /* OTA model and adapter updates (fleet_ota.h), with the fleet only:
+     * opened before the models load (the default model may be served from
+     * an installed slot), its handlers given to the fleet. */
+    fleet_ota *ota;
 } serve_state;
 
 /* ---- sd_notify --------------------------------------------------------------- */
@@ -251,14 +274,21 @@ static int reload(void *ud, char err[256])
             !same_str(S->conf->peer.api_key, c->peer.api_key) ||
             !same_str(S->conf->cloud.api_key, c->cloud.api_key) ||
             memcmp(&S->conf->cloud.budget_usd_month, &c->cloud.budget_usd_month, sizeof(double)) ||
-            S->conf->cloud.price_per_1k_tokens != c->cloud.price_per_1k_tokens)
+            S->conf->cloud.price_per_1k_tokens != c->cloud.price_per_1k_tokens ||
+            memcmp(&S->conf->peer.call, &c->peer.call, sizeof c->peer.call) ||
+            memcmp(&S->conf->cloud.call, &c->cloud.call, sizeof c->cloud.call))
             fprintf(stderr, "outpost serve: reload: peer and cloud settings change only on "
                             "restart\n");
         rc = http_set_access(S->http, c->listen.allowed_uids.v, c->listen.allowed_uids.n,
                              c->listen.allowed_gids.v, c->listen.allowed_gids.n,
                              c->listen.api_key, err);
     }
-    if (!rc && S->policy) {
+    char fleet_policy[64];
+    fleet_policy_version(S->fleet, fleet_policy);
+    if (!rc && S->policy && fleet_policy[0]) {
+        fprintf(stderr, "outpost serve: reload: the policy set by the fleet (version %s) stays; "
+                        "policy.file is not reloaded\n", fleet_policy);
+    } else if (!rc && S->policy) {
         char perr[256];
         if ((rc = pol_reload(S->policy, c->policy.file, perr)))
             snprintf(err, 256, "policy %s: %s (the previous policy stays)", c->policy.file, perr);
@@ -306,10 +336,8 @@ static void prune(serve_state *S)
 
 /* ---- plugins ------------------------------------------------------------------------ */
 
-/* Remote calls: per attempt, the whole call (retries included) is bounded
- * by limits.request_timeout_s. */
-#define REMOTE_CONNECT_TIMEOUT_MS 3000
-#define REMOTE_RETRIES 2
+/* Remote calls are bounded by <target>.connect_timeout_ms, .timeout_ms
+ * (0: limits.request_timeout_s), .retries and .retry_backoff_ms. */
 #define REMOTE_THREADS 4
 #define REMOTE_QUEUE 8
 #define REMOTE_PROBE_INTERVAL_S 30.0
@@ -360,24 +388,11 @@ static int host_pii_redact(void *ctx, const char *text, size_t len, char **out, 
     return OUTPOST_OK;
 }
 
-#ifdef OUTPOST_BUILD_DIR
-/* Whether this process is the binary of the build tree it was built in. */
-static bool running_from_build_tree(void)
-{
-    char exe[4096], built[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0)
-        return false;
-    exe[n] = '\0';
-    return realpath(OUTPOST_BUILD_DIR "/agent/outpost", built) && strcmp(exe, built) == 0;
-}
-#endif
-
 static int choose_plugin_dir(serve_state *S)
 {
     const char *dir = S->conf->plugins.dir;
 #ifdef OUTPOST_BUILD_DIR
-    if (cfg_origin_of(S->conf, "plugins.dir") == CFG_FROM_DEFAULT && running_from_build_tree())
+    if (cfg_origin_of(S->conf, "plugins.dir") == CFG_FROM_DEFAULT && cli_in_build_tree())
         dir = OUTPOST_BUILD_DIR "/plugins";
 #endif
     free(S->plugin_dir);
@@ -385,7 +400,32 @@ static int choose_plugin_dir(serve_state *S)
     return S->plugin_dir ? 0 : -1;
 }
 
-/* Every plugin in plugins.enabled; a refused one is logged and skipped. */
+/* Load one plugin into S->plugins; a refused one costs a log line. */
+static const outpost_plugin *load_plugin(serve_state *S, const char *name)
+{
+    plug **more = S->plugin_dir ? realloc(S->plugins, (S->n_plugins + 1) * sizeof *more) : NULL;
+    if (!more) {
+        fprintf(stderr, "outpost serve: out of memory: plugin %s not loaded\n", name);
+        return NULL;
+    }
+    S->plugins = more;
+    plug *p = NULL;
+    char perr[256];
+    if (plug_load(&p, S->plugin_dir, name, &S->host, perr)) {
+        fprintf(stderr, "outpost serve: plugin refused: %s\n", perr);
+        return NULL;
+    }
+    const outpost_plugin *info = plug_info(p);
+    fprintf(stderr, "outpost serve: plugin %s %s (%s) loaded from %s\n", info->name,
+            info->version ? info->version : "", plug_kind_name(info->kind), plug_path(p));
+    S->plugins[S->n_plugins++] = p;
+    return info;
+}
+
+/* Every plugin in plugins.enabled; a refused one is logged and skipped.
+ * The backend for peer and cloud (plugins.backend) is not among them unless
+ * listed: open_remotes() loads it when a remote target is configured, so an
+ * agent without one never maps libcurl and its TLS libraries. */
 static void load_plugins(serve_state *S)
 {
     S->host = (outpost_host){
@@ -398,29 +438,17 @@ static void load_plugins(serve_state *S)
         .free = host_free,
         .pii_redact = host_pii_redact,
     };
-    const cfg_strs *en = &S->conf->plugins.enabled;
-    if (en->n == 0)
-        return;
-    if (choose_plugin_dir(S) || !(S->plugins = calloc(en->n, sizeof *S->plugins))) {
+    if (choose_plugin_dir(S)) {
         fprintf(stderr, "outpost serve: out of memory: no plugins loaded\n");
         return;
     }
+    const cfg_strs *en = &S->conf->plugins.enabled;
     for (size_t i = 0; i < en->n; i++) {
         bool dup = false;
         for (size_t k = 0; k < i; k++)
             dup = dup || strcmp(en->v[k], en->v[i]) == 0;
-        if (dup)
-            continue;
-        plug *p = NULL;
-        char perr[256];
-        if (plug_load(&p, S->plugin_dir, en->v[i], &S->host, perr)) {
-            fprintf(stderr, "outpost serve: plugin refused: %s\n", perr);
-            continue;
-        }
-        const outpost_plugin *info = plug_info(p);
-        fprintf(stderr, "outpost serve: plugin %s %s (%s) loaded from %s\n", info->name,
-                info->version ? info->version : "", plug_kind_name(info->kind), plug_path(p));
-        S->plugins[S->n_plugins++] = p;
+        if (!dup)
+            load_plugin(S, en->v[i]);
     }
 }
 
@@ -471,7 +499,8 @@ static void open_hooks(serve_state *S)
 /* The backend plugin instance for one target and the call pool around it;
  * NULL (after a log line) when either cannot be set up. */
 static cloud *open_remote(serve_state *S, const char *target, const char *url, const char *key,
-                          const char *model, void **inst, size_t default_model)
+                          const char *model, const cfg_remote *call, void **inst,
+                          size_t default_model)
 {
     const cfg *c = S->conf;
     if (!S->backend) {
@@ -479,15 +508,17 @@ static cloud *open_remote(serve_state *S, const char *target, const char *url, c
                         "requests routed there are answered locally\n", target, url);
         return NULL;
     }
-    int64_t timeout_ms = c->limits.request_timeout_s * 1000;
+    int64_t timeout_ms = call->timeout_ms > 0 ? call->timeout_ms
+                                              : c->limits.request_timeout_s * 1000;
     outpost_backend_config bc = {
         .name = target,
         .url = url,
         .api_key = key,
         .model = model,
-        .connect_timeout_ms = REMOTE_CONNECT_TIMEOUT_MS,
+        .connect_timeout_ms = (int)call->connect_timeout_ms,
         .timeout_ms = timeout_ms > INT32_MAX ? INT32_MAX : (int)timeout_ms,
-        .retries = REMOTE_RETRIES,
+        .retries = (int)call->retries,
+        .retry_backoff_ms = (int)call->retry_backoff_ms,
     };
     char perr[OUTPOST_PLUGIN_ERR_SIZE] = "";
     if (S->backend->open(&S->host, &bc, inst, perr)) {
@@ -535,19 +566,32 @@ static void open_remotes(serve_state *S, size_t default_model, http_services *sv
     const cfg *c = S->conf;
     if (!c->peer.url && !c->cloud.url)
         return;
-    const outpost_plugin *chosen = NULL;
+    /* plugins.backend, loaded now unless plugins.enabled had it; a backend
+     * of another name that plugins.enabled loaded serves when it cannot. */
+    const outpost_plugin *chosen = NULL, *other = NULL;
     for (size_t i = 0; i < S->n_plugins; i++) {
         const outpost_plugin *info = plug_info(S->plugins[i]);
-        if (info->kind == OUTPOST_PLUGIN_BACKEND &&
-            (!chosen || strcmp(info->name, "backend-openai") == 0))
+        if (info->kind != OUTPOST_PLUGIN_BACKEND)
+            continue;
+        if (strcmp(info->name, c->plugins.backend) == 0)
             chosen = info;
+        else if (!other)
+            other = info;
     }
+    if (!chosen && (chosen = load_plugin(S, c->plugins.backend)) &&
+        chosen->kind != OUTPOST_PLUGIN_BACKEND) {
+        fprintf(stderr, "outpost serve: plugins.backend: %s is a %s plugin, not a backend\n",
+                chosen->name, plug_kind_name(chosen->kind));
+        chosen = NULL;
+    }
+    if (!chosen)
+        chosen = other;
     S->backend = chosen ? chosen->backend : NULL;
     open_hooks(S);
     /* Copies: a reload replaces the cfg these point into. */
     if (c->peer.url && (S->peer_url = strdup(c->peer.url))) {
-        S->peer = open_remote(S, "peer", c->peer.url, c->peer.api_key, NULL, &S->peer_inst,
-                              default_model);
+        S->peer = open_remote(S, "peer", c->peer.url, c->peer.api_key, NULL, &c->peer.call,
+                              &S->peer_inst, default_model);
         svc->peer = S->peer ? cloud_backend(S->peer)
                             : (sched_backend){.name = "peer", .ud = S->peer_url,
                                               .submit = no_backend_submit};
@@ -555,7 +599,7 @@ static void open_remotes(serve_state *S, size_t default_model, http_services *sv
     }
     if (c->cloud.url && (S->cloud_url = strdup(c->cloud.url))) {
         S->cloud = open_remote(S, "cloud", c->cloud.url, c->cloud.api_key, c->cloud.model,
-                               &S->cloud_inst, default_model);
+                               &c->cloud.call, &S->cloud_inst, default_model);
         svc->cloud = S->cloud ? cloud_backend(S->cloud)
                               : (sched_backend){.name = "cloud", .ud = S->cloud_url,
                                                 .submit = no_backend_submit};
@@ -685,6 +729,70 @@ static void sensors_close(serve_state *S)
     S->n_sensors = 0;
 }
 
+/* ---- fleet ------------------------------------------------------------------------- */
+
+static void fleet_log(void *ud, const char *line)
+{
+    (void)ud;
+    fprintf(stderr, "outpost serve: fleet: %s\n", line);
+}
+
+/* The live fields of the retained status (fleet thread). */
+static void fleet_status(void *ud, json_t *status)
+{
+    serve_state *S = ud;
+    if (S->n_models)
+        json_object_set_new(status, "model", json_string(sched_name(S->models[S->default_model])));
+    json_object_set_new(status, "health", json_string(S->http ? "ok" : "starting"));
+    if (S->ota)
+        fleet_ota_status(S->ota, status);
+}
+
+/* After the store, the policy and the models: commands may replace the
+ * policy, and status names the model. A broker that is down is no error
+ * (the channel retries); bad fleet settings are. */
+static int fleet_start(serve_state *S, char err[256])
+{
+    const cfg *c = S->conf;
+    if (!c->fleet.broker)
+        return 0;
+    fleet_opts o = {
+        .broker_url = c->fleet.broker,
+        .device_id = c->fleet.device_id,
+        .groups = (const char *const *)c->fleet.groups.v,
+        .n_groups = c->fleet.groups.n,
+        .topic_prefix = c->fleet.topic_prefix,
+        .fleet_key_path = c->fleet.fleet_key,
+        .ca_path = c->fleet.ca,
+        .cert_path = c->fleet.cert,
+        .key_path = c->fleet.key,
+        .username = c->fleet.username,
+        .password = c->fleet.password,
+        .mqtt_version = (int)c->fleet.mqtt_version,
+        .keepalive_s = (int)c->fleet.keepalive_s,
+        .reconnect_min_ms = (int)c->fleet.reconnect_min_ms,
+        .reconnect_max_ms = (int)c->fleet.reconnect_max_ms,
+        .rollup_interval_s = c->fleet.rollup_interval_s,
+        .outbox_max_msgs = c->fleet.outbox_max_msgs,
+        .agent_version = OUTPOST_VERSION,
+        .policy = S->policy,
+        .log = fleet_log,
+    };
+    fleet_handlers h = {
+        .status = fleet_status,
+        .status_ud = S,
+    };
+    if (S->ota)
+        fleet_ota_handlers(S->ota, &h);
+    if (fleet_open(&o, &h, S->st, &S->fleet, err))
+        return -1;
+    if (S->ota && fleet_ota_start(S->ota, S->fleet, err))
+        return -1;
+    fprintf(stderr, "outpost serve: fleet: device %s, broker %s\n", c->fleet.device_id,
+            c->fleet.broker);
+    return 0;
+}
+
 /* ---- the command ------------------------------------------------------------------- */
 
 static bool add_flag(serve_state *S, const char *name, const char *value)
@@ -718,6 +826,13 @@ static int parse_args(serve_state *S, int argc, char **argv)
         case OPT_PEER: name = "peer"; break;
         case OPT_CLOUD: name = "cloud"; break;
         case OPT_PLUGIN_DIR: name = "plugin-dir"; break;
+        case OPT_BROKER: name = "broker"; break;
+        case OPT_DEVICE_ID: name = "device-id"; break;
+        case OPT_FLEET_KEY: name = "fleet-key"; break;
+        case OPT_GROUP: name = "group"; break;
+        case OPT_CA: name = "ca"; break;
+        case OPT_CERT: name = "cert"; break;
+        case OPT_KEY: name = "key"; break;
         case OPT_SET: {
             char *eq = strchr(optarg, '=');
             if (!eq || eq == optarg) {
@@ -746,6 +861,87 @@ static int parse_args(serve_state *S, int argc, char **argv)
     return CLI_OK;
 }
 
+/* The scheduler settings of configured model m (its file: path). */
+static sched_opts model_opts(const serve_state *S, const cfg_model *m, const char *path,
+                             const char *kv_dir)
+{
+    const cfg *c = S->conf;
+    return (sched_opts){
+        .name = m->name,
+        .path = path,
+        .n_ctx = m->ctx,
+        .n_threads = m->threads,
+        .kv_type = m->kv_type,
+        .queue_max = (int)c->limits.queue_depth,
+        .max_tokens_default = c->limits.max_output_tokens,
+        .max_tokens_limit = c->limits.max_output_tokens,
+        .max_prompt_tokens = c->limits.max_prompt_tokens,
+        .warmup = true,
+        .st = S->st,
+        .kv_dir = kv_dir,
+        .kv_budget_bytes = c->kv.disk_budget_mb << 20,
+    };
+}
+
+static const cfg_model *default_model_cfg(const cfg *c)
+{
+    for (size_t i = 0; i < c->n_models; i++)
+        if (c->models[i].is_default)
+            return &c->models[i];
+    return c->n_models ? &c->models[0] : NULL;
+}
+
+/* ---- OTA: what fleet_ota borrows from the agent ------------------------------------ */
+
+/* A scheduler for an installed model file, with the default model's settings. */
+static int ota_model_open(void *ud, const char *path, sched **out, char err[256])
+{
+    serve_state *S = ud;
+    char kv_dir[4200];
+    snprintf(kv_dir, sizeof kv_dir, "%s/kv", S->conf->state_dir);
+    /* The config may be replaced by a reload meanwhile: hold it. */
+    pthread_mutex_lock(&S->reload_mu);
+    sched_opts o = model_opts(S, default_model_cfg(S->conf), path, kv_dir);
+    int rc = sched_open(out, &o, err);
+    pthread_mutex_unlock(&S->reload_mu);
+    return rc ? -1 : 0;
+}
+
+/* Hot swap: the HTTP front reads S->models[default] for every new request
+ * (it borrows the array), so one atomic pointer store sends new requests to
+ * the new model; requests that already found the old one finish there, and
+ * fleet_ota closes it once it has stayed idle (FLEET_OTA_RETIRE_IDLE_MS). */
+static sched *ota_model_swap(void *ud, sched *s)
+{
+    serve_state *S = ud;
+    sched *old = __atomic_exchange_n(&S->models[S->default_model], s, __ATOMIC_ACQ_REL);
+    fprintf(stderr, "outpost serve: ota: model %s now serves from the installed update\n",
+            sched_name(s));
+    return old;
+}
+
+static sched *ota_model_current(void *ud)
+{
+    serve_state *S = ud;
+    return __atomic_load_n(&S->models[S->default_model], __ATOMIC_ACQUIRE);
+}
+
+static int ota_open(serve_state *S, char err[256])
+{
+    const cfg *c = S->conf;
+    const cfg_model *m = default_model_cfg(c);
+    if (!c->fleet.broker || !m)
+        return 0;
+    fleet_ota_opts o = {
+        .state_dir = c->state_dir,
+        .factory_model = m->path,
+        .fleet_key_path = c->fleet.fleet_key,
+        .host = {.ud = S, .model_open = ota_model_open, .model_swap = ota_model_swap,
+                 .model_current = ota_model_current},
+    };
+    return fleet_ota_open(&o, &S->ota, err);
+}
+
 static int load_models(serve_state *S, char err[256], size_t *default_index)
 {
     const cfg *c = S->conf;
@@ -763,21 +959,10 @@ static int load_models(serve_state *S, char err[256], size_t *default_index)
     }
     for (size_t i = 0; i < c->n_models; i++) {
         const cfg_model *m = &c->models[i];
-        sched_opts o = {
-            .name = m->name,
-            .path = m->path,
-            .n_ctx = m->ctx,
-            .n_threads = m->threads,
-            .kv_type = m->kv_type,
-            .queue_max = (int)c->limits.queue_depth,
-            .max_tokens_default = c->limits.max_output_tokens,
-            .max_tokens_limit = c->limits.max_output_tokens,
-            .max_prompt_tokens = c->limits.max_prompt_tokens,
-            .warmup = true,
-            .st = S->st,
-            .kv_dir = kv_dir,
-            .kv_budget_bytes = c->kv.disk_budget_mb << 20,
-        };
+        /* The default model serves from its installed OTA slot, if any. */
+        const char *path = S->ota && m == default_model_cfg(c) ? fleet_ota_model_path(S->ota)
+                                                               : m->path;
+        sched_opts o = model_opts(S, m, path, kv_dir);
         double t0 = cli_now();
         char serr[256];
         if (sched_open(&S->models[i], &o, serr)) {
@@ -789,7 +974,7 @@ static int load_models(serve_state *S, char err[256], size_t *default_index)
             *default_index = i;
         fprintf(stderr, "outpost serve: model %s loaded from %s (context %d, %.0f ms with "
                         "warm-up)\n",
-                m->name, m->path, sched_n_ctx(S->models[i]), (cli_now() - t0) * 1e3);
+                m->name, path, sched_n_ctx(S->models[i]), (cli_now() - t0) * 1e3);
     }
     return 0;
 }
@@ -901,6 +1086,10 @@ int cmd_serve(int argc, char **argv)
     sd_notify_msg("STATUS=loading models");
 
     size_t def = 0;
+    if (ota_open(&S, err)) {
+        cli_error(cmd, "ota: %s", err);
+        goto done;
+    }
     if (load_models(&S, err, &def)) {
         cli_error(cmd, "%s", err);
         goto done;
@@ -912,6 +1101,11 @@ int cmd_serve(int argc, char **argv)
     open_remotes(&S, def, &svc);
     http_set_services(S.http, &svc);
     http_set_ready(S.http, true);
+    S.default_model = def;
+    if (fleet_start(&S, err)) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
     sd_notify_msg("READY=1\nSTATUS=serving");
     notified = true;
     fprintf(stderr, "outpost serve: ready\n");
@@ -952,6 +1146,7 @@ done:
         sd_notify_msg("STOPPING=1\nSTATUS=stopping");
     if (S.http)
         http_close_listeners(S.http);
+    fleet_ota_stop(S.ota); /* no update starts or swaps a model from here on */
     drain_remotes(&S);
     shutdown_models(&S);
     if (S.http) {
@@ -961,6 +1156,11 @@ done:
         http_stop(S.http);
     }
     close_remotes(&S);
+    /* After the drain (its last requests are recorded; they are exported
+     * now or at the next start), before the store closes. */
+    fleet_close(S.fleet);
+    S.fleet = NULL;
+    fleet_ota_close(S.ota);
     for (size_t i = 0; i < S.n_models; i++)
         sched_close(S.models[i]);
     free(S.models);

@@ -126,6 +126,16 @@ static const migration migrations[] = {
      "ALTER TABLE sessions ADD COLUMN kv_tokens INTEGER NOT NULL DEFAULT 0;"
      "ALTER TABLE sessions ADD COLUMN kv_bytes INTEGER NOT NULL DEFAULT 0;"
      "CREATE INDEX sessions_with_kv ON sessions(last_used_ms) WHERE kv_path IS NOT NULL;"},
+    /* kind: 0 a record (request, event), 1 a roll-up (dropped first when the
+       outbox is over its bound). exported: 0 until the fleet channel copied
+       the request into the outbox; rows already there at the upgrade count
+       as exported, so turning the fleet on does not flood it with history. */
+    {5, "fleet telemetry export",
+     "ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0 CHECK (kind IN (0, 1));"
+     "ALTER TABLE requests ADD COLUMN exported INTEGER NOT NULL DEFAULT 0"
+     " CHECK (exported IN (0, 1));"
+     "UPDATE requests SET exported = 1;"
+     "CREATE INDEX requests_to_export ON requests(exported) WHERE exported = 0;"},
 };
 
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -144,6 +154,7 @@ enum stmt_id {
     ST_SESSION_TOUCH,
     ST_SESSION_SET_KV,
     ST_SESSIONS_LRU,
+    ST_KV_USAGE,
     ST_MESSAGE_INSERT,
     ST_MESSAGES_LOAD,
     ST_REQUEST_INSERT,
@@ -164,6 +175,12 @@ enum stmt_id {
     ST_OUTBOX_PEEK,
     ST_OUTBOX_ACK,
     ST_OUTBOX_PENDING,
+    ST_OUTBOX_PUT_KIND,
+    ST_OUTBOX_DROP_KIND,
+    ST_OUTBOX_DROP_NOT_KIND,
+    ST_OUTBOX_PEEK_AFTER,
+    ST_REQUESTS_TO_EXPORT,
+    ST_REQUEST_EXPORTED,
     ST_COUNT
 };
 
@@ -199,6 +216,8 @@ static const struct {
     [ST_SESSIONS_LRU] = {"list saved KV states",
         "SELECT id, kv_path, kv_tokens, kv_bytes, last_used_ms FROM sessions"
         " WHERE kv_path IS NOT NULL ORDER BY last_used_ms, id LIMIT ?1"},
+    [ST_KV_USAGE] = {"sum saved KV states",
+        "SELECT count(*), total(kv_bytes) FROM sessions WHERE kv_path IS NOT NULL"},
     /* The ownership check and the next seq are part of the insert itself. */
     [ST_MESSAGE_INSERT] = {"append message",
         "INSERT INTO messages(session_id, seq, role, content, n_tokens, created_ms)"
@@ -252,6 +271,24 @@ static const struct {
     [ST_OUTBOX_ACK] = {"acknowledge outbox message",
         "UPDATE outbox SET sent = 1 WHERE id = ?1 AND sent = 0"},
     [ST_OUTBOX_PENDING] = {"count outbox", "SELECT count(*) FROM outbox WHERE sent = 0"},
+    [ST_OUTBOX_PUT_KIND] = {"queue outbox message",
+        "INSERT INTO outbox(topic, payload, created_ms, kind) VALUES (?1, ?2, ?3, ?4)"},
+    [ST_OUTBOX_DROP_KIND] = {"drop outbox messages over the bound",
+        "DELETE FROM outbox WHERE id IN"
+        " (SELECT id FROM outbox WHERE sent = 0 AND kind = ?1 ORDER BY id LIMIT ?2)"},
+    [ST_OUTBOX_DROP_NOT_KIND] = {"drop outbox messages over the bound",
+        "DELETE FROM outbox WHERE id IN"
+        " (SELECT id FROM outbox WHERE sent = 0 AND kind <> ?1 ORDER BY id LIMIT ?2)"},
+    [ST_OUTBOX_PEEK_AFTER] = {"peek outbox",
+        "UPDATE outbox SET attempts = attempts + 1 WHERE id IN"
+        " (SELECT id FROM outbox WHERE sent = 0 AND id > ?1 ORDER BY id LIMIT ?2)"
+        " RETURNING id, topic, payload, created_ms, attempts"},
+    [ST_REQUESTS_TO_EXPORT] = {"read requests to export",
+        "SELECT rowid, id, coalesce(session_id, ''), route, reason, model, prompt_tokens,"
+        " completion_tokens, cached_tokens, ttft_ms, decode_tok_s, token_p50_ms, token_p95_ms,"
+        " cost_usd, status, created_ms FROM requests WHERE exported = 0 ORDER BY rowid LIMIT ?1"},
+    [ST_REQUEST_EXPORTED] = {"mark request exported",
+        "UPDATE requests SET exported = 1 WHERE rowid = ?1"},
 };
 
 struct store {
@@ -1448,6 +1485,27 @@ out:
     return rc;
 }
 
+int store_kv_usage(store *s, int64_t *sessions_out, int64_t *bytes_out, char err[256])
+{
+    *sessions_out = *bytes_out = 0;
+    sqlite3_stmt *st = NULL;
+    lock(s);
+    int rc = stmt_get(s, ST_KV_USAGE, &st, err);
+    if (!rc) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *sessions_out = sqlite3_column_int64(st, 0);
+            *bytes_out = (int64_t)sqlite3_column_double(st, 1);
+            rc = 0;
+        } else {
+            rc = db_fail(s, err, stmts[ST_KV_USAGE].name, rc);
+        }
+        stmt_done(st);
+    }
+    unlock(s);
+    return rc;
+}
+
 int store_requests_rollup(store *s, int64_t since_ms, store_rollup *out, char err[256])
 {
     memset(out, 0, sizeof *out);
@@ -1853,8 +1911,10 @@ static int outbox_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int store_outbox_peek(store *s, size_t max_n, store_outbox_msg **out, size_t *n_out,
-                      char err[256])
+/* Both peeks: ST_OUTBOX_PEEK (?1 = limit) and ST_OUTBOX_PEEK_AFTER (?1 =
+ * after_id, ?2 = limit). */
+static int outbox_peek(store *s, enum stmt_id sid, int64_t after_id, size_t max_n,
+                       store_outbox_msg **out, size_t *n_out, char err[256])
 {
     *out = NULL;
     *n_out = 0;
@@ -1869,10 +1929,11 @@ int store_outbox_peek(store *s, size_t max_n, store_outbox_msg **out, size_t *n_
        fails half-way, the attempt counts it made are rolled back with it. */
     if ((rc = tx_begin(s, true, err)))
         goto out;
-    if ((rc = stmt_get(s, ST_OUTBOX_PEEK, &st, err)))
+    if ((rc = stmt_get(s, sid, &st, err)))
         goto rollback;
-    if ((rc = bind_limit(st, 1, max_n)) != SQLITE_OK) {
-        rc = db_fail(s, err, stmts[ST_OUTBOX_PEEK].name, rc);
+    if ((sid == ST_OUTBOX_PEEK_AFTER && (rc = sqlite3_bind_int64(st, 1, after_id)) != SQLITE_OK) ||
+        (rc = bind_limit(st, sid == ST_OUTBOX_PEEK_AFTER ? 2 : 1, max_n)) != SQLITE_OK) {
+        rc = db_fail(s, err, stmts[sid].name, rc);
         goto done;
     }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1895,7 +1956,7 @@ int store_outbox_peek(store *s, size_t max_n, store_outbox_msg **out, size_t *n_
         n++;
     }
     if (rc != SQLITE_DONE) {
-        rc = db_fail(s, err, stmts[ST_OUTBOX_PEEK].name, rc);
+        rc = db_fail(s, err, stmts[sid].name, rc);
         goto done;
     }
     stmt_done(st);
@@ -1921,6 +1982,18 @@ out:
     *out = v;
     *n_out = n;
     return 0;
+}
+
+int store_outbox_peek(store *s, size_t max_n, store_outbox_msg **out, size_t *n_out,
+                      char err[256])
+{
+    return outbox_peek(s, ST_OUTBOX_PEEK, 0, max_n, out, n_out, err);
+}
+
+int store_outbox_peek_after(store *s, int64_t after_id, size_t max_n, store_outbox_msg **out,
+                            size_t *n_out, char err[256])
+{
+    return outbox_peek(s, ST_OUTBOX_PEEK_AFTER, after_id, max_n, out, n_out, err);
 }
 
 int store_outbox_ack(store *s, const int64_t *ids, size_t n, char err[256])
@@ -1975,5 +2048,269 @@ int store_outbox_pending(store *s, int64_t *n_out, char err[256])
     stmt_done(st);
 out:
     unlock(s);
+    return rc;
+}
+
+/* ---- fleet telemetry: bounded outbox, request export ------------------------ */
+
+/* One row's count from a statement, inside the caller's transaction. */
+static int count_pending(store *s, int64_t *n, char err[256])
+{
+    sqlite3_stmt *st = NULL;
+    int rc = stmt_get(s, ST_OUTBOX_PENDING, &st, err);
+    if (rc)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *n = sqlite3_column_int64(st, 0);
+        rc = 0;
+    } else {
+        rc = db_fail(s, err, stmts[ST_OUTBOX_PENDING].name, rc);
+    }
+    stmt_done(st);
+    return rc;
+}
+
+/* Deletes up to n unsent messages of kind (or of any other kind), oldest
+ * first; *dropped says how many went. */
+static int outbox_drop(store *s, enum stmt_id sid, int64_t kind, int64_t n, int64_t *dropped,
+                       char err[256])
+{
+    *dropped = 0;
+    sqlite3_stmt *st = NULL;
+    int rc = stmt_get(s, sid, &st, err);
+    if (rc)
+        return rc;
+    if ((rc = sqlite3_bind_int64(st, 1, kind)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(st, 2, n)) != SQLITE_OK) {
+        rc = db_fail(s, err, stmts[sid].name, rc);
+        stmt_done(st);
+        return rc;
+    }
+    if ((rc = run(s, sid, st, err)))
+        return rc;
+    *dropped = sqlite3_changes(s->db);
+    return 0;
+}
+
+/* Inside a write transaction: brings the unsent messages down to max_pending
+ * (0 = no bound), roll-ups first, then the oldest records. */
+static int outbox_bound(store *s, int64_t max_pending, store_outbox_drops *drops,
+                        char err[256])
+{
+    if (max_pending <= 0)
+        return 0;
+    int64_t n = 0, d = 0;
+    int rc = count_pending(s, &n, err);
+    if (rc || n <= max_pending)
+        return rc;
+    if ((rc = outbox_drop(s, ST_OUTBOX_DROP_KIND, STORE_OUTBOX_ROLLUP, n - max_pending, &d, err)))
+        return rc;
+    drops->rollups += d;
+    n -= d;
+    if (n > max_pending) {
+        if ((rc = outbox_drop(s, ST_OUTBOX_DROP_NOT_KIND, STORE_OUTBOX_ROLLUP, n - max_pending,
+                              &d, err)))
+            return rc;
+        drops->records += d;
+    }
+    return 0;
+}
+
+static int outbox_insert(store *s, const char *topic, const void *payload, size_t payload_len,
+                         store_outbox_kind kind, int64_t *id_out, char err[256])
+{
+    sqlite3_stmt *st = NULL;
+    int rc = stmt_get(s, ST_OUTBOX_PUT_KIND, &st, err);
+    if (rc)
+        return rc;
+    if ((rc = sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = payload_len ? sqlite3_bind_blob(st, 2, payload, (int)payload_len, SQLITE_STATIC)
+                          : sqlite3_bind_zeroblob(st, 2, 0)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(st, 3, now_ms(s))) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(st, 4, (int64_t)kind)) != SQLITE_OK) {
+        rc = db_fail(s, err, stmts[ST_OUTBOX_PUT_KIND].name, rc);
+        stmt_done(st);
+        return rc;
+    }
+    if ((rc = run(s, ST_OUTBOX_PUT_KIND, st, err)))
+        return rc;
+    if (id_out)
+        *id_out = sqlite3_last_insert_rowid(s->db);
+    return 0;
+}
+
+static int check_outbox_msg(const char *topic, const void *payload, size_t payload_len,
+                            char err[256])
+{
+    int rc;
+    if ((rc = check_cstr(err, "outbox topic", topic, STORE_TOPIC_MAX, false)))
+        return rc;
+    if (!payload && payload_len) {
+        snprintf(err, 256, "store: outbox payload of %zu bytes is missing", payload_len);
+        return STORE_EINVAL;
+    }
+    if (payload_len > STORE_CONTENT_MAX) {
+        snprintf(err, 256, "store: outbox payload is %zu bytes, the limit is %u", payload_len,
+                 STORE_CONTENT_MAX);
+        return STORE_EINVAL;
+    }
+    return 0;
+}
+
+int store_outbox_put_kind(store *s, const char *topic, const void *payload, size_t payload_len,
+                          store_outbox_kind kind, int64_t max_pending, int64_t *id_out,
+                          store_outbox_drops *drops, char err[256])
+{
+    store_outbox_drops d = {0};
+    int rc;
+    if ((unsigned)kind > STORE_OUTBOX_ROLLUP) {
+        snprintf(err, 256, "store: outbox kind %d is not record (0) or rollup (1)", (int)kind);
+        return STORE_EINVAL;
+    }
+    if ((rc = check_outbox_msg(topic, payload, payload_len, err)))
+        return rc;
+    lock(s);
+    if ((rc = tx_begin(s, true, err)))
+        goto out;
+    if ((rc = outbox_insert(s, topic, payload, payload_len, kind, id_out, err)) ||
+        (rc = outbox_bound(s, max_pending, &d, err)) || (rc = tx_commit(s, err))) {
+        tx_rollback(s, err);
+        goto out;
+    }
+    if (drops) {
+        drops->rollups += d.rollups;
+        drops->records += d.records;
+    }
+out:
+    unlock(s);
+    return rc;
+}
+
+static double col_measure(sqlite3_stmt *st, int col)
+{
+    return sqlite3_column_type(st, col) == SQLITE_NULL ? NAN : sqlite3_column_double(st, col);
+}
+
+/* Up to max_n requests not yet exported, oldest first. */
+static int read_to_export(store *s, size_t max_n, store_request_row *v, size_t *n_out,
+                          char err[256])
+{
+    *n_out = 0;
+    sqlite3_stmt *st = NULL;
+    int rc = stmt_get(s, ST_REQUESTS_TO_EXPORT, &st, err);
+    if (rc)
+        return rc;
+    if ((rc = bind_limit(st, 1, max_n)) != SQLITE_OK) {
+        rc = db_fail(s, err, stmts[ST_REQUESTS_TO_EXPORT].name, rc);
+        stmt_done(st);
+        return rc;
+    }
+    size_t n = 0;
+    while (n < max_n && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        store_request_row *r = &v[n];
+        memset(r, 0, sizeof *r);
+        char route[16];
+        if ((rc = col_text(s, st, 1, r->id, sizeof r->id, err)) ||
+            (rc = col_text(s, st, 2, r->session_id, sizeof r->session_id, err)) ||
+            (rc = col_text(s, st, 3, route, sizeof route, err)) ||
+            (rc = col_text(s, st, 4, r->reason, sizeof r->reason, err)) ||
+            (rc = col_text(s, st, 5, r->model, sizeof r->model, err)) ||
+            (rc = col_text(s, st, 14, r->status, sizeof r->status, err)))
+            goto done;
+        if (route_parse(route, &r->route) != 0) {
+            snprintf(err, 256, "%s: request '%.64s' has unknown route '%s'", s->path, r->id,
+                     route);
+            rc = STORE_ECORRUPT;
+            goto done;
+        }
+        r->rowid = sqlite3_column_int64(st, 0);
+        r->prompt_tokens = sqlite3_column_int64(st, 6);
+        r->completion_tokens = sqlite3_column_int64(st, 7);
+        r->cached_tokens = sqlite3_column_int64(st, 8);
+        r->ttft_ms = col_measure(st, 9);
+        r->decode_tok_s = col_measure(st, 10);
+        r->token_p50_ms = col_measure(st, 11);
+        r->token_p95_ms = col_measure(st, 12);
+        r->cost_usd = sqlite3_column_double(st, 13);
+        r->created_ms = sqlite3_column_int64(st, 15);
+        n++;
+    }
+    if (n < max_n && rc != SQLITE_DONE) {
+        rc = db_fail(s, err, stmts[ST_REQUESTS_TO_EXPORT].name, rc);
+        goto done;
+    }
+    rc = 0;
+    *n_out = n;
+done:
+    stmt_done(st);
+    return rc;
+}
+
+int store_requests_export(store *s, const char *topic, size_t max_n, store_request_format_fn fmt,
+                          void *ud, int64_t max_pending, size_t *n_out,
+                          store_outbox_drops *drops, char err[256])
+{
+    *n_out = 0;
+    int rc;
+    if ((rc = check_cstr(err, "outbox topic", topic, STORE_TOPIC_MAX, false)))
+        return rc;
+    if (!fmt || max_n == 0 || max_n > STORE_EXPORT_MAX) {
+        snprintf(err, 256, "store: request export of %zu rows (1..%d) without a formatter", max_n,
+                 STORE_EXPORT_MAX);
+        return STORE_EINVAL;
+    }
+    store_request_row *v = malloc(max_n * sizeof *v);
+    if (!v) {
+        snprintf(err, 256, "store: export requests: out of memory");
+        return STORE_ENOMEM;
+    }
+    store_outbox_drops d = {0};
+    size_t n = 0;
+    lock(s);
+    if ((rc = tx_begin(s, true, err)))
+        goto out;
+    if ((rc = read_to_export(s, max_n, v, &n, err)))
+        goto rollback;
+    for (size_t i = 0; i < n; i++) {
+        char *payload = NULL;
+        size_t len = 0;
+        if (fmt(ud, &v[i], &payload, &len, err) != 0) {
+            free(payload);
+            rc = STORE_EINVAL;
+            goto rollback;
+        }
+        rc = check_outbox_msg(topic, payload, len, err);
+        if (!rc)
+            rc = outbox_insert(s, topic, payload, len, STORE_OUTBOX_RECORD, NULL, err);
+        free(payload);
+        if (rc)
+            goto rollback;
+        sqlite3_stmt *st = NULL;
+        if ((rc = stmt_get(s, ST_REQUEST_EXPORTED, &st, err)))
+            goto rollback;
+        if ((rc = sqlite3_bind_int64(st, 1, v[i].rowid)) != SQLITE_OK) {
+            rc = db_fail(s, err, stmts[ST_REQUEST_EXPORTED].name, rc);
+            stmt_done(st);
+            goto rollback;
+        }
+        if ((rc = run(s, ST_REQUEST_EXPORTED, st, err)))
+            goto rollback;
+    }
+    if (n && (rc = outbox_bound(s, max_pending, &d, err)))
+        goto rollback;
+    if ((rc = tx_commit(s, err)))
+        goto rollback;
+    *n_out = n;
+    if (drops) {
+        drops->rollups += d.rollups;
+        drops->records += d.records;
+    }
+    goto out;
+rollback:
+    tx_rollback(s, err);
+out:
+    unlock(s);
+    free(v);
     return rc;
 }

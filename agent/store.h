@@ -152,6 +152,9 @@ typedef struct store_kv_entry {
  * (0 = all): the eviction order. Free *out with free(). */
 int store_sessions_lru(store *s, size_t limit, store_kv_entry **out, size_t *n_out,
                        char err[256]);
+/* How many sessions have saved KV state, and its bytes on disk (the sizes
+ * recorded with store_session_set_kv). */
+int store_kv_usage(store *s, int64_t *sessions_out, int64_t *bytes_out, char err[256]);
 
 /* ---- telemetry ---------------------------------------------------------- */
 
@@ -260,5 +263,63 @@ int store_outbox_peek(store *s, size_t max_n, store_outbox_msg **out, size_t *n_
 int store_outbox_ack(store *s, const int64_t *ids, size_t n, char err[256]);
 int store_outbox_pending(store *s, int64_t *n_out, char err[256]);
 void store_outbox_free(store_outbox_msg *m, size_t n);
+/* As store_outbox_peek, but only messages with an id above after_id (the
+ * fleet channel skips what it already handed to the MQTT client). */
+int store_outbox_peek_after(store *s, int64_t after_id, size_t max_n, store_outbox_msg **out,
+                            size_t *n_out, char err[256]);
+
+/* ---- fleet telemetry: a bounded outbox and the export of requests -------- */
+
+/* Which messages go first when the outbox is over its bound: roll-ups (a
+ * later roll-up covers much the same), then the oldest records. */
+typedef enum store_outbox_kind {
+    STORE_OUTBOX_RECORD = 0, /* a request record or an event */
+    STORE_OUTBOX_ROLLUP = 1,
+} store_outbox_kind;
+
+/* Unsent messages deleted to keep the bound, added to by each call. */
+typedef struct store_outbox_drops {
+    int64_t rollups, records;
+} store_outbox_drops;
+
+/* Queues a message of kind in one transaction with the bound: afterwards at
+ * most max_pending (0 = no bound) unsent messages remain, the ones dropped
+ * counted into *drops (may be NULL). The new message itself may be the one
+ * dropped when it is the oldest roll-up. */
+int store_outbox_put_kind(store *s, const char *topic, const void *payload, size_t payload_len,
+                          store_outbox_kind kind, int64_t max_pending, int64_t *id_out,
+                          store_outbox_drops *drops, char err[256]);
+
+/* A recorded request as the export reads it (every string a copy). */
+typedef struct store_request_row {
+    int64_t rowid;
+    char id[STORE_NAME_MAX + 1];
+    char session_id[STORE_NAME_MAX + 1]; /* "" when none */
+    store_route route;
+    char reason[STORE_TITLE_MAX + 1];
+    char model[STORE_NAME_MAX + 1];
+    int64_t prompt_tokens, completion_tokens, cached_tokens;
+    double ttft_ms, decode_tok_s, token_p50_ms, token_p95_ms; /* NAN: not measured */
+    double cost_usd;
+    char status[STORE_STATUS_MAX + 1];
+    int64_t created_ms;
+} store_request_row;
+
+/* Turns a request into an outbox payload (*payload malloc'd, the store frees
+ * it). Runs with the store locked: it must not call the store. Non-zero
+ * fails the whole export (nothing is marked). */
+typedef int (*store_request_format_fn)(void *ud, const store_request_row *r, char **payload,
+                                       size_t *len, char err[256]);
+
+#define STORE_EXPORT_MAX 1024 /* rows one export call takes at most */
+
+/* Every request is exported exactly once: in one transaction, up to max_n
+ * requests not yet exported (oldest first) are formatted, queued on topic
+ * as records and marked exported, then the bound applies (as
+ * store_outbox_put_kind). A crash leaves either all of it or none.
+ * *n_out: how many were exported. */
+int store_requests_export(store *s, const char *topic, size_t max_n, store_request_format_fn fmt,
+                          void *ud, int64_t max_pending, size_t *n_out,
+                          store_outbox_drops *drops, char err[256]);
 
 #endif

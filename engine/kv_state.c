@@ -255,6 +255,18 @@ static int read_full(int fd, void *buf, size_t n)
     return 0;
 }
 
+/* read_full for one part of a saved state; ENG_EIO with the line
+ * "<path>: reading <what>: <why>" when it cannot be read whole. */
+static int read_part(int fd, void *buf, size_t n, const char *path, const char *what,
+                     char err[256])
+{
+    int r = read_full(fd, buf, n);
+    if (r)
+        snprintf(err, 256, "%s: reading %s: %s", path, what,
+                 r < 0 ? strerror(errno) : "the file ended early");
+    return r ? ENG_EIO : ENG_OK;
+}
+
 /* The sections after the header, in file order: tokens, then K and V of
  * each layer. i = 0 is the tokens. */
 static size_t n_sections(const eng_ctx *c) { return 1 + 2 * (size_t)c->kv.n_layer; }
@@ -387,13 +399,9 @@ static int open_checked(const eng_ctx *c, const char *path, int *fd_out, kv_hdr 
                  (long long)st.st_size, HDR_BYTES);
         goto fail;
     }
-    int r = read_full(fd, hb, sizeof hb);
-    if (r) {
-        snprintf(err, 256, "%s: reading the header: %s", path,
-                 r < 0 ? strerror(errno) : "the file ended early");
-        rc = ENG_EIO;
+    if ((rc = read_part(fd, hb, sizeof hb, path, "the header", err)))
         goto fail;
-    }
+    rc = ENG_EFORMAT;
     if (memcmp(hb, kv_magic, sizeof kv_magic)) {
         snprintf(err, 256, "%s: not an Outpost KV state (bad magic)", path);
         goto fail;
@@ -454,12 +462,10 @@ static int open_checked(const eng_ctx *c, const char *path, int *fd_out, kv_hdr 
         rc = ENG_ENOMEM;
         goto fail;
     }
-    if ((r = read_full(fd, tokens, (size_t)h->n_tokens * sizeof *tokens))) {
-        snprintf(err, 256, "%s: reading the token ids: %s", path,
-                 r < 0 ? strerror(errno) : "the file ended early");
-        rc = ENG_EIO;
+    if ((rc = read_part(fd, tokens, (size_t)h->n_tokens * sizeof *tokens, path,
+                        "the token ids", err)))
         goto fail;
-    }
+    rc = ENG_EFORMAT;
     for (uint32_t i = 0; i < h->n_tokens; i++) {
         if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab) {
             snprintf(err, 256, "%s: token %u is %d, outside the vocabulary of %d", path, i,
@@ -511,12 +517,9 @@ int eng_kv_load(eng_ctx *c, const char *path, int32_t **tokens, int32_t *n_token
     for (size_t i = 1; i < n_sections(c) && !rc; i++) {
         size_t len;
         uint8_t *p = section(c, i, NULL, &len, n);
-        int r = read_full(fd, p, len);
-        if (r) {
-            snprintf(err, 256, "%s: reading the rows of layer %zu: %s", path, (i - 1) / 2,
-                     r < 0 ? strerror(errno) : "the file ended early");
-            rc = ENG_EIO;
-        }
+        char what[48];
+        snprintf(what, sizeof what, "the rows of layer %zu", (i - 1) / 2);
+        rc = read_part(fd, p, len, path, what, err);
         sum = hash_bytes(sum, p, len);
     }
     close(fd);

@@ -1,11 +1,15 @@
 /*
  * pool.h - a persistent pool of compute threads (the pool_ module).
  *
- * pool_run(p, fn, ctx) calls fn(ctx, ith, nth) once on each of the nth
- * threads (the caller is thread 0) and returns when all have finished. Work
- * is split by ith alone, never by which thread happens to be first, so a
- * kernel that writes each output from exactly one ith gives bit-identical
- * results for any thread count.
+ * pool_run(p, fn, ctx) calls fn(ctx, ith, nth) exactly once for each ith in
+ * 0 .. nth-1 and returns when all have finished. Share ith normally runs on
+ * thread ith (the caller is thread 0), but a thread that has finished its
+ * own takes any share whose thread has not started it yet (asleep, or
+ * descheduled on a busy machine), so fn must not assume which thread runs
+ * ith: per-share state is indexed by ith, never thread-local. Work is split
+ * by ith alone, never by which thread happens to be first, so a kernel that
+ * writes each output from exactly one ith gives bit-identical results for
+ * any thread count.
  *
  * Workers spin for a short while after a job before they sleep on a
  * condition variable: a decode step dispatches a few hundred small jobs and a

@@ -166,11 +166,11 @@ static const qt_override avx512_overrides[] = {
 };
 
 static const qt_gemm_override avx512_gemms[] = {
-    { QT_Q4_0, qt_avx512_q4_0_gemm, QT_AVX512_GEMM_ROWS, QT_AVX512_GEMM_COLS },
-    { QT_Q8_0, qt_avx512_q8_0_gemm, QT_AVX512_GEMM_ROWS, QT_AVX512_GEMM_COLS },
-    { QT_Q4_K, qt_avx512_q4_k_gemm, QT_AVX512_KGEMM_ROWS, QT_AVX512_KGEMM_COLS },
+    { QT_Q4_0, qt_avx512_q4_0_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
+    { QT_Q8_0, qt_avx512_q8_0_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
+    { QT_Q4_K, qt_avx512_q4_k_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q5_K, qt_avx512_q5_k_gemm, QT_AVX512_KGEMM_ROWS, QT_AVX512_KGEMM_COLS },
-    { QT_Q6_K, qt_avx512_q6_k_gemm, QT_AVX512_KGEMM_ROWS, QT_AVX512_KGEMM_COLS },
+    { QT_Q6_K, qt_avx512_q6_k_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
 };
 
 static qt_traits avx512_rows[QT_TYPE_COUNT];

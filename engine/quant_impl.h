@@ -15,8 +15,8 @@
  * AVX2 twin in quant_avx2.c or quant_avx2_k.c, which alone are compiled with
  * -mavx2 -mfma -mf16c and may only be called after quant.c's CPU probe said
  * yes (quant_avx2_gemm.c adds its gemm tiles); qt_avx512_<type>_<op> comes
- * from quant_avx512.c and quant_avx512_k.c (AVX-512 + VNNI) and
- * qt_amx_<type>_gemm from quant_amx.c, under the same rule. On AArch64, qt_neon_<type>_<op> (ARMv8.0 NEON) and qt_neondp_<type>_<op>
+ * from quant_avx512.c, quant_avx512_k.c and quant_avx512_gemm.c (AVX-512 +
+ * VNNI) and qt_amx_<type>_gemm from quant_amx.c, under the same rule. On AArch64, qt_neon_<type>_<op> (ARMv8.0 NEON) and qt_neondp_<type>_<op>
  * (its 8-bit dots on SDOT, for cores with HWCAP_ASIMDDP) both come from
  * quant_neon.c, built once for each.
  */
@@ -382,6 +382,18 @@ void qt_avx512_q5_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *
                          size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
 void qt_avx512_q6_k_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
                          size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+/* Cache-blocked prompt tiles (quant_avx512_gemm.c, same flags): batches of
+ * fewer than 8 tokens go to the tiles above. */
+void qt_avx512_q4_0_gemm_blocked(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                                 size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_q8_0_gemm_blocked(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                                 size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_q4_k_gemm_blocked(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                                 size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_q6_k_gemm_blocked(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                                 size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt);
+#define QT_AVX512_BGEMM_ROWS 64
+#define QT_AVX512_BGEMM_COLS 128
 /* Largest tile the AVX-512 gemm kernels take (rows, tokens). */
 #define QT_AVX512_GEMM_ROWS 64
 #define QT_AVX512_GEMM_COLS 16

@@ -70,6 +70,14 @@ policy = {
 peer = {
   -- url = "http://gateway.local:8080",
   -- api_key = "change-me",
+  -- How calls there are bounded: connect timeout per attempt; the whole
+  -- call with its retries (0: limits.request_timeout_s, which it may not
+  -- exceed); further attempts after a failure before any reply text, with
+  -- a pause that starts at retry_backoff_ms and doubles (at most 16x).
+  -- connect_timeout_ms = 3000,
+  -- timeout_ms = 0,
+  -- retries = 2,
+  -- retry_backoff_ms = 250,
 }
 
 -- An OpenAI-compatible cloud API. Env OUTPOST_CLOUD, flag --cloud; the key
@@ -83,6 +91,14 @@ cloud = {
   -- budget_usd_month = 10,
   -- USD per 1000 tokens (prompt + completion), for the spend estimate.
   -- price_per_1k_tokens = 0.01,
+  -- How calls there are bounded: connect timeout per attempt; the whole
+  -- call with its retries (0: limits.request_timeout_s, which it may not
+  -- exceed); further attempts after a failure before any reply text, with
+  -- a pause that starts at retry_backoff_ms and doubles (at most 16x).
+  -- connect_timeout_ms = 3000,
+  -- timeout_ms = 0,
+  -- retries = 2,
+  -- retry_backoff_ms = 250,
 }
 
 -- Bounds per request and per model queue.
@@ -122,12 +138,24 @@ fleet = {
   -- ca = "/etc/outpost/ca.pem",
   -- cert = "/etc/outpost/device.pem",
   -- key = "/etc/outpost/device.key",
+  -- username = "pi-kitchen-01",
+  -- Better in the environment (OUTPOST_MQTT_PASSWORD) than in this file:
+  -- password = "change me",
+  -- mqtt_version = 4,            -- 4 (MQTT 3.1.1) or 5
+  -- keepalive_s = 30,
+  -- reconnect_min_ms = 500,      -- doubles per failed attempt, with jitter
+  -- reconnect_max_ms = 30000,
+  -- rollup_interval_s = 300,     -- fleet config.set may change it
+  -- outbox_max_msgs = 10000,     -- unsent telemetry kept (oldest roll-ups dropped first)
 }
 
--- Plugins (backends, sensors, hooks), loaded by name from dir.
+-- Plugins (backends, sensors, hooks), loaded by name from dir: those in
+-- enabled at start; the backend for peer and cloud only when one of them is
+-- configured (so an agent without them never maps libcurl and TLS).
 plugins = {
   -- dir = "/usr/lib/x86_64-linux-gnu/outpost/plugins",
-  -- enabled = { "backend-openai", "sensor-linux", "hook-redact" },
+  -- enabled = { "sensor-linux", "hook-redact" },
+  -- backend = "backend-openai",
 }
 
 -- Device facts (battery, AC power, temperature, pressure) the sensor

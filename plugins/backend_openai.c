@@ -16,7 +16,8 @@
  * JSON object instead is read as such. Failures before any text reached the
  * caller are retried - connect errors, timeouts of an attempt, HTTP 408,
  * 429 and 5xx, a stream cut before its end - with exponential backoff and
- * jitter (250 ms doubling, at most 4 s, times a random 0.5..1; a 429's
+ * jitter (retry_backoff_ms, 250 by default, doubling up to 16 times that,
+ * times a random 0.5..1; a 429's
  * Retry-After is honoured), all within the instance's overall timeout. Once
  * text has been relayed nothing is retried: the caller already has part of
  * an answer, so the failure is OUTPOST_EPARTIAL. Other 4xx are the request's
@@ -48,7 +49,7 @@
 
 #define ERR_BODY_MAX 4096
 #define BACKOFF_BASE_MS 250.0
-#define BACKOFF_MAX_MS 4000.0
+#define BACKOFF_MAX_FACTOR 16.0
 #define PROBE_TIMEOUT_MS 5000L
 
 typedef struct oai {
@@ -61,6 +62,7 @@ typedef struct oai {
     char *agent_header;  /* "User-Agent: outpost/..." */
     long connect_timeout_ms, timeout_ms;
     int retries;
+    double backoff_ms;   /* before the first retry */
     CURLSH *share;
     pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
 } oai;
@@ -173,6 +175,7 @@ static int oai_open(const outpost_host *host, const outpost_backend_config *cfg,
     in->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 5000;
     in->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 300000;
     in->retries = cfg->retries >= 0 ? cfg->retries : 0;
+    in->backoff_ms = cfg->retry_backoff_ms > 0 ? cfg->retry_backoff_ms : BACKOFF_BASE_MS;
 
     /* The base without trailing slashes (and, for an Outpost, without /v1). */
     size_t n = strlen(u);
@@ -564,9 +567,9 @@ static int oai_chat(void *inst, const outpost_chat_request *rq, const outpost_st
         rc = attempt(in, url, body, hdr, s, left, res, &retryable, &retry_after_s, err);
         if (rc == OUTPOST_OK || !retryable || i >= in->retries)
             break;
-        double wait = BACKOFF_BASE_MS * (double)(1u << (i < 8 ? i : 8));
-        if (wait > BACKOFF_MAX_MS)
-            wait = BACKOFF_MAX_MS;
+        double wait = in->backoff_ms * (double)(1u << (i < 8 ? i : 8));
+        if (wait > in->backoff_ms * BACKOFF_MAX_FACTOR)
+            wait = in->backoff_ms * BACKOFF_MAX_FACTOR;
         wait *= 0.5 + 0.5 * jitter(&rng);
         if (retry_after_s * 1e3 > wait)
             wait = retry_after_s * 1e3;

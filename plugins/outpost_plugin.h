@@ -103,6 +103,9 @@ typedef struct outpost_backend_config {
     int connect_timeout_ms; /* per attempt */
     int timeout_ms;         /* whole call, retries included */
     int retries;            /* further attempts after a failure with no reply text */
+    int retry_backoff_ms;   /* pause before the first retry, doubling per retry up
+                               to 16 times this, with jitter; <= 0: the plugin's
+                               default (appended within ABI 1: the agent sets it) */
 } outpost_backend_config;
 
 typedef struct outpost_chat_request {

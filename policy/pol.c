@@ -917,6 +917,99 @@ int pol_route(pol *p, const pol_req *req, const pol_env *env, pol_decision *out,
     return rc;
 }
 
+/* One call of route() on a vm that is not serving yet, with a request
+ * and environment of our own: a policy that cannot answer these would
+ * answer nothing. */
+static int vm_dry_run(pol_vm *vm, const char *name, const pol_req *req, const pol_env *env,
+                      char err[256])
+{
+    lua_State *L = vm->L;
+    pol_decision d;
+    route_call c = {.req = req, .env = env, .out = &d, .in_result = false};
+    vm_begin(vm);
+    lua_pushcfunction(L, route_call_fn);
+    lua_pushlightuserdata(L, &c);
+    int st = lua_pcall(L, 1, 0, 0);
+    int rc = POL_OK;
+    if (st == LUA_OK) {
+        rc = POL_OK;
+    } else if (vm->instr_hit) {
+        snprintf(err, 256, "%s: dry run of route(): instruction limit reached (%llu instructions)",
+                 name, (unsigned long long)vm->instr_limit);
+        rc = POL_EINSTR;
+    } else if (st == LUA_ERRMEM || vm->mem_refused) {
+        snprintf(err, 256, "%s: dry run of route(): memory limit reached (%zu bytes)", name,
+                 vm->mem_limit);
+        rc = POL_EMEM;
+    } else {
+        const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        snprintf(err, 256, "%s: dry run of route(): %s", name, msg ? msg : "raised a non-string error");
+        rc = c.in_result ? POL_ERESULT : POL_ERUNTIME;
+    }
+    lua_settop(L, 0);
+    return rc;
+}
+
+int pol_replace_source(pol *p, const char *source, size_t len, const char *name, char err[256])
+{
+    if (!p || !source || !name) {
+        snprintf(err, 256, "pol_replace_source: no handle, source or name");
+        return POL_EUSAGE;
+    }
+    if (len > POL_SOURCE_MAX_BYTES) {
+        snprintf(err, 256, "%s: %zu bytes, a policy may be at most 1 MiB", name, len);
+        return POL_EUSAGE;
+    }
+    pthread_mutex_lock(&p->reload_lock);
+    char *new_path = strdup(name);
+    char *src = malloc(len + 1);
+    pol_vm *vm = NULL;
+    int rc = POL_ENOMEM;
+    if (!new_path || !src) {
+        snprintf(err, 256, "%s: out of memory", name);
+        goto fail;
+    }
+    memcpy(src, source, len);
+    src[len] = '\0';
+    if ((rc = vm_new(&vm, &p->opts, src, len, new_path, err)))
+        goto fail;
+    static const char *const no_pii[1] = {NULL};
+    pol_req req = {.prompt_tokens = 32, .messages = 1, .route_requested = POL_TARGET_AUTO,
+                   .privacy = POL_PRIVACY_NORMAL, .pii = no_pii, .n_pii = 0,
+                   .max_latency_ms = -1};
+    pol_env env;
+    pol_env_init(&env);
+    if ((rc = vm_dry_run(vm, new_path, &req, &env, err)))
+        goto fail;
+    req.privacy = POL_PRIVACY_PRIVATE;
+    env.online = true;
+    if ((rc = vm_dry_run(vm, new_path, &req, &env, err)))
+        goto fail;
+    pthread_mutex_lock(&p->lock);
+    pol_vm *old_vm = p->vm;
+    char *old_src = p->source, *old_path = p->path;
+    p->vm = vm;
+    p->source = src;
+    p->source_len = len;
+    p->path = new_path;
+    p->stats.reloads++;
+    pthread_mutex_unlock(&p->lock);
+    vm_free(old_vm);
+    free(old_src);
+    free(old_path);
+    pthread_mutex_unlock(&p->reload_lock);
+    return POL_OK;
+fail:
+    vm_free(vm);
+    free(new_path);
+    free(src);
+    pthread_mutex_lock(&p->lock);
+    p->stats.reload_errors++;
+    pthread_mutex_unlock(&p->lock);
+    pthread_mutex_unlock(&p->reload_lock);
+    return rc;
+}
+
 int pol_reload(pol *p, const char *path, char err[256])
 {
     if (!p) {

@@ -152,6 +152,15 @@ int pol_route(pol *p, const pol_req *req, const pol_env *env, pol_decision *out,
  * it; on any failure the old policy stays in force. */
 int pol_reload(pol *p, const char *path, char err[256]);
 
+/* Replace the running policy with Lua source held in memory (a fleet
+ * policy.set): it is compiled, its top level run and route() called on two
+ * sample requests (normal/offline, private/online) in the new state under
+ * the handle's limits; only if all of that succeeds does it replace the
+ * running policy, atomically for pol_route(). name stands for the file in
+ * messages; a later pol_reload(p, NULL, ...) cannot re-read it (pass the
+ * path). On failure the old policy stays in force. */
+int pol_replace_source(pol *p, const char *source, size_t len, const char *name, char err[256]);
+
 /* A consistent copy of the handle's counters. */
 void pol_stats(pol *p, pol_counters *out);
 

@@ -699,7 +699,9 @@ static void request_json_round_trips(void **state)
 static void chat_response_has_openai_shape_and_outpost(void **state)
 {
     (void)state;
-    api_served served = {POL_TARGET_LOCAL, "private request", 12.3456789, 17, true, "sess-1"};
+    api_served served = {.route = POL_TARGET_LOCAL, .reason = "private request",
+                         .ttft_ms = 12.3456789, .cached_tokens = 17, .truncated = true,
+                         .session = "sess-1"};
     api_result res = {"chatcmpl-abc", 1700000000, "tiny", "Hello \"world\"\n", 14,
                       API_FINISH_LENGTH, {20, 5}, &served};
     char *json = NULL;
@@ -729,6 +731,7 @@ static void chat_response_has_openai_shape_and_outpost(void **state)
     assert_int_equal(jget_int(o, "cached_tokens"), 17);
     assert_true(json_is_true(json_object_get(o, "truncated")));
     assert_string_equal(json_string_value(json_object_get(o, "session")), "sess-1");
+    assert_null(json_object_get(o, "remote")); /* answered here, no remote asked */
     json_decref(j);
     free(json);
 
@@ -757,10 +760,48 @@ static void chat_response_has_openai_shape_and_outpost(void **state)
     assert_null(json);
 }
 
+/* A relayed request carries the remote Outpost's own decision; a fallback
+ * carries why the remote failed; empty fields are left out. */
+static void served_remote_object_shows_the_remote_side(void **state)
+{
+    (void)state;
+    api_served served = {.route = POL_TARGET_PEER, .reason = "battery_low", .ttft_ms = 5,
+                         .remote = {.target = "peer", .route = "local",
+                                    .reason = "requested", .error = ""}};
+    api_result res = {.id = "chatcmpl-r", .created = 1, .model = "m", .text = "hi",
+                      .text_len = 2, .finish = API_FINISH_STOP, .served = &served};
+    char *json = NULL;
+    char err[256];
+    assert_int_equal(api_chat_response(&res, &json, err), API_OK);
+    json_t *j = load(json);
+    json_t *r = json_object_get(json_object_get(j, "outpost"), "remote");
+    assert_true(json_is_object(r));
+    assert_int_equal(json_object_size(r), 3);
+    assert_string_equal(jget_str(r, "target"), "peer");
+    assert_string_equal(jget_str(r, "route"), "local");
+    assert_string_equal(jget_str(r, "reason"), "requested");
+    json_decref(j);
+    free(json);
+
+    served = (api_served){.route = POL_TARGET_LOCAL, .reason = "cloud_unreachable",
+                          .remote = {.target = "cloud",
+                                     .error = "http://127.0.0.1:9/v1: Couldn't connect"}};
+    assert_int_equal(api_chat_response(&res, &json, err), API_OK);
+    j = load(json);
+    json_t *o = json_object_get(j, "outpost");
+    assert_string_equal(jget_str(o, "route"), "local");
+    r = json_object_get(o, "remote");
+    assert_int_equal(json_object_size(r), 2);
+    assert_string_equal(jget_str(r, "target"), "cloud");
+    assert_string_equal(jget_str(r, "error"), "http://127.0.0.1:9/v1: Couldn't connect");
+    json_decref(j);
+    free(json);
+}
+
 static void completion_response_has_text_choice(void **state)
 {
     (void)state;
-    api_served served = {POL_TARGET_CLOUD, "long request", 250, 0, false, NULL};
+    api_served served = {.route = POL_TARGET_CLOUD, .reason = "long request", .ttft_ms = 250};
     api_result res = {"cmpl-xyz", 1, "default", " there was", 10, API_FINISH_STOP, {3, 3},
                       &served};
     char *json = NULL;
@@ -812,7 +853,8 @@ static void chat_stream_chunks_follow_openai(void **state)
     free(json);
 
     /* The last chunk: empty delta, finish reason, outpost object. */
-    api_served served = {POL_TARGET_PEER, "battery low", 3.5, 8, false, NULL};
+    api_served served = {.route = POL_TARGET_PEER, .reason = "battery low", .ttft_ms = 3.5,
+                         .cached_tokens = 8};
     c.text = NULL;
     c.text_len = 0;
     c.finish = API_FINISH_STOP;
@@ -1009,6 +1051,7 @@ int main(void)
         cmocka_unit_test(error_status_and_code_per_result),
         cmocka_unit_test(request_json_round_trips),
         cmocka_unit_test(chat_response_has_openai_shape_and_outpost),
+        cmocka_unit_test(served_remote_object_shows_the_remote_side),
         cmocka_unit_test(completion_response_has_text_choice),
         cmocka_unit_test(chat_stream_chunks_follow_openai),
         cmocka_unit_test(completion_stream_chunk_carries_text),

@@ -665,18 +665,24 @@ typedef struct backend {
     void *inst;
 } backend;
 
-static void backend_open(backend *b, const char *name, const char *url, int retries)
+/* The real plugin, opened with cfg (name and url given, key "k3y"). */
+static void backend_open_cfg(backend *b, const outpost_backend_config *cfg)
 {
     char err[256];
     if (plug_load(&b->p, OUTPOST_PLUGIN_BUILD_DIR, "backend-openai", &the_host, err))
         fail_msg("%s", err);
     b->ops = plug_info(b->p)->backend;
+    char perr[OUTPOST_PLUGIN_ERR_SIZE];
+    if (b->ops->open(&the_host, cfg, &b->inst, perr))
+        fail_msg("%s", perr);
+}
+
+static void backend_open(backend *b, const char *name, const char *url, int retries)
+{
     outpost_backend_config cfg = {.name = name, .url = url, .api_key = "k3y", .model = NULL,
                                   .connect_timeout_ms = 2000, .timeout_ms = 20000,
-                                  .retries = retries};
-    char perr[OUTPOST_PLUGIN_ERR_SIZE];
-    if (b->ops->open(&the_host, &cfg, &b->inst, perr))
-        fail_msg("%s", perr);
+                                  .retries = retries, .retry_backoff_ms = 5};
+    backend_open_cfg(b, &cfg);
 }
 
 static void backend_close(backend *b)
@@ -716,6 +722,38 @@ static int call(backend *b, stream_state *ss, outpost_chat_result *res, char *er
     return b->ops->chat(b->inst, &rq, &s, res, err);
 }
 
+/* One scripted exchange: the server with its answers, the real plugin on
+ * it, and what a call left behind. */
+typedef struct rig {
+    backend b;
+    stream_state ss;
+    outpost_chat_result res;
+    char err[OUTPOST_PLUGIN_ERR_SIZE];
+} rig;
+
+static void rig_open(rig *r, const answer *script, size_t n, const char *target,
+                     const char *path, int retries)
+{
+    memset(r, 0, sizeof *r);
+    srv_start(script, n);
+    backend_open(&r->b, target, srv_url(path), retries);
+}
+
+/* One call; what an earlier call collected is forgotten, a cancel flag set
+ * by the test is kept. */
+static int rig_call(rig *r)
+{
+    memset(&r->ss.c, 0, sizeof r->ss.c);
+    r->err[0] = '\0';
+    return call(&r->b, &r->ss, &r->res, r->err);
+}
+
+static void rig_close(rig *r)
+{
+    backend_close(&r->b);
+    srv_stop();
+}
+
 static const char ok_stream[] =
     "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n"
     "data: {\"choices\":[{\"delta\":{\"content\":\" there\"},\"finish_reason\":\"stop\"}]}\n\n"
@@ -726,19 +764,15 @@ static void backend_streams_and_sends_key_body_and_path(void **state)
 {
     (void)state;
     answer a[] = {{200, "text/event-stream", ok_stream, ANS_WHOLE}};
-    srv_start(a, 1);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1/"), 2);
-    stream_state ss = {0};
-    outpost_chat_result res;
-    char err[OUTPOST_PLUGIN_ERR_SIZE] = "";
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_OK);
-    assert_string_equal(ss.c.text, "Hi there");
-    assert_int_equal(res.attempts, 1);
-    assert_int_equal(res.http_status, 200);
-    assert_string_equal(res.finish_reason, "stop");
-    assert_int_equal(res.prompt_tokens, 5);
-    assert_int_equal(res.completion_tokens, 2);
+    rig r;
+    rig_open(&r, a, 1, "cloud", "/v1/", 2);
+    assert_int_equal(rig_call(&r), OUTPOST_OK);
+    assert_string_equal(r.ss.c.text, "Hi there");
+    assert_int_equal(r.res.attempts, 1);
+    assert_int_equal(r.res.http_status, 200);
+    assert_string_equal(r.res.finish_reason, "stop");
+    assert_int_equal(r.res.prompt_tokens, 5);
+    assert_int_equal(r.res.completion_tokens, 2);
     assert_string_equal(srv.last_url, "/v1/chat/completions");
     assert_string_equal(srv.last_auth, "Bearer k3y");
     json_t *body = parse(srv.last_body);
@@ -749,27 +783,23 @@ static void backend_streams_and_sends_key_body_and_path(void **state)
 
     /* The probe: GET <url>/models, with a round trip. */
     double rtt = -1;
-    assert_int_equal(b.ops->probe(b.inst, &rtt, err), OUTPOST_OK);
+    assert_int_equal(r.b.ops->probe(r.b.inst, &rtt, r.err), OUTPOST_OK);
     assert_string_equal(srv.last_url, "/v1/models");
     assert_true(rtt >= 0);
-    backend_close(&b);
-    srv_stop();
+    rig_close(&r);
 
     /* A peer is an Outpost: /v1 is added, the request asks it to answer
      * itself, and the probe is /health. */
-    srv_start(a, 1);
-    backend_open(&b, "peer", srv_url(""), 0);
-    memset(&ss, 0, sizeof ss);
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_OK);
+    rig_open(&r, a, 1, "peer", "", 0);
+    assert_int_equal(rig_call(&r), OUTPOST_OK);
     assert_string_equal(srv.last_url, "/v1/chat/completions");
     body = parse(srv.last_body);
     assert_string_equal(json_string_value(json_object_get(json_object_get(body, "outpost"), "route")),
                         "local");
     json_decref(body);
-    assert_int_equal(b.ops->probe(b.inst, &rtt, err), OUTPOST_OK);
+    assert_int_equal(r.b.ops->probe(r.b.inst, &rtt, r.err), OUTPOST_OK);
     assert_string_equal(srv.last_url, "/health");
-    backend_close(&b);
-    srv_stop();
+    rig_close(&r);
 }
 
 static void backend_retries_503_and_429_then_succeeds(void **state)
@@ -778,48 +808,60 @@ static void backend_retries_503_and_429_then_succeeds(void **state)
     answer a[] = {{503, "application/json", "{\"error\":{\"message\":\"busy\"}}", ANS_WHOLE},
                   {429, "application/json", "{\"error\":{\"message\":\"slow down\"}}", ANS_WHOLE},
                   {200, "text/event-stream", ok_stream, ANS_WHOLE}};
-    srv_start(a, 3);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 2);
-    stream_state ss = {0};
-    outpost_chat_result res;
-    char err[OUTPOST_PLUGIN_ERR_SIZE] = "";
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_OK);
-    assert_int_equal(res.attempts, 3);
+    rig r;
+    rig_open(&r, a, 3, "cloud", "/v1", 2);
+    assert_int_equal(rig_call(&r), OUTPOST_OK);
+    assert_int_equal(r.res.attempts, 3);
     assert_int_equal(srv.n_requests, 3);
-    assert_string_equal(ss.c.text, "Hi there");
-    backend_close(&b);
-    srv_stop();
+    assert_string_equal(r.ss.c.text, "Hi there");
+    rig_close(&r);
 
     /* Out of retries: the last status and its message. */
-    srv_start(a, 1);
-    backend_open(&b, "cloud", srv_url("/v1"), 1);
-    memset(&ss, 0, sizeof ss);
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_EREMOTE);
-    assert_int_equal(res.attempts, 2);
-    assert_int_equal(res.http_status, 503);
-    assert_non_null(strstr(err, "HTTP 503: busy"));
-    assert_int_equal(ss.c.len, 0);
-    backend_close(&b);
-    srv_stop();
+    rig_open(&r, a, 1, "cloud", "/v1", 1);
+    assert_int_equal(rig_call(&r), OUTPOST_EREMOTE);
+    assert_int_equal(r.res.attempts, 2);
+    assert_int_equal(r.res.http_status, 503);
+    assert_non_null(strstr(r.err, "HTTP 503: busy"));
+    assert_int_equal(r.ss.c.len, 0);
+    rig_close(&r);
+}
+
+/* retry_backoff_ms is the first pause: one that cannot fit the call's
+ * timeout_ms means no retry at all, a short one lets the retry happen. */
+static void backend_backoff_pause_is_bounded_by_the_call_timeout(void **state)
+{
+    (void)state;
+    answer a[] = {{503, "application/json", "{\"error\":{\"message\":\"busy\"}}", ANS_WHOLE},
+                  {200, "text/event-stream", ok_stream, ANS_WHOLE}};
+    const int backoff_ms[] = {60000, 1};
+    const int want_attempts[] = {1, 2};
+    const int want_rc[] = {OUTPOST_EREMOTE, OUTPOST_OK};
+    for (int i = 0; i < 2; i++) {
+        rig r;
+        memset(&r, 0, sizeof r);
+        srv_start(a, 2);
+        outpost_backend_config cfg = {.name = "cloud", .url = srv_url("/v1"), .api_key = "k3y",
+                                      .connect_timeout_ms = 2000, .timeout_ms = 20000,
+                                      .retries = 3, .retry_backoff_ms = backoff_ms[i]};
+        backend_open_cfg(&r.b, &cfg);
+        assert_int_equal(rig_call(&r), want_rc[i]);
+        assert_int_equal(r.res.attempts, want_attempts[i]);
+        assert_int_equal(srv.n_requests, want_attempts[i]);
+        rig_close(&r);
+    }
 }
 
 static void backend_does_not_retry_a_client_error(void **state)
 {
     (void)state;
     answer a[] = {{400, "application/json", "{\"error\":{\"message\":\"bad model\"}}", ANS_WHOLE}};
-    srv_start(a, 1);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 3);
-    stream_state ss = {0};
-    outpost_chat_result res;
-    char err[OUTPOST_PLUGIN_ERR_SIZE] = "";
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_EREMOTE);
-    assert_int_equal(res.attempts, 1);
+    rig r;
+    rig_open(&r, a, 1, "cloud", "/v1", 3);
+    assert_int_equal(rig_call(&r), OUTPOST_EREMOTE);
+    assert_int_equal(r.res.attempts, 1);
     assert_int_equal(srv.n_requests, 1);
-    assert_non_null(strstr(err, "HTTP 400: bad model"));
-    backend_close(&b);
-    srv_stop();
+    assert_non_null(strstr(r.err, "HTTP 400: bad model"));
+    rig_close(&r);
 }
 
 static void backend_cut_after_text_is_partial_and_not_retried(void **state)
@@ -827,30 +869,22 @@ static void backend_cut_after_text_is_partial_and_not_retried(void **state)
     (void)state;
     answer a[] = {{200, "text/event-stream",
                    "data: {\"choices\":[{\"delta\":{\"content\":\"half\"}}]}\n\n", ANS_CUT}};
-    srv_start(a, 1);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 3);
-    stream_state ss = {0};
-    outpost_chat_result res;
-    char err[OUTPOST_PLUGIN_ERR_SIZE] = "";
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_EPARTIAL);
-    assert_string_equal(ss.c.text, "half");
-    assert_int_equal(res.attempts, 1);
+    rig r;
+    rig_open(&r, a, 1, "cloud", "/v1", 3);
+    assert_int_equal(rig_call(&r), OUTPOST_EPARTIAL);
+    assert_string_equal(r.ss.c.text, "half");
+    assert_int_equal(r.res.attempts, 1);
     assert_int_equal(srv.n_requests, 1);
-    backend_close(&b);
-    srv_stop();
+    rig_close(&r);
 
     /* Cut before any text: retried, and the retry's answer is relayed once. */
     answer a2[] = {{200, "text/event-stream", ": nothing yet\n\n", ANS_CUT},
                    {200, "text/event-stream", ok_stream, ANS_WHOLE}};
-    srv_start(a2, 2);
-    backend_open(&b, "cloud", srv_url("/v1"), 3);
-    memset(&ss, 0, sizeof ss);
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_OK);
-    assert_int_equal(res.attempts, 2);
-    assert_string_equal(ss.c.text, "Hi there");
-    backend_close(&b);
-    srv_stop();
+    rig_open(&r, a2, 2, "cloud", "/v1", 3);
+    assert_int_equal(rig_call(&r), OUTPOST_OK);
+    assert_int_equal(r.res.attempts, 2);
+    assert_string_equal(r.ss.c.text, "Hi there");
+    rig_close(&r);
 }
 
 static void backend_reads_a_whole_json_reply_and_refuses_garbage(void **state)
@@ -860,21 +894,15 @@ static void backend_reads_a_whole_json_reply_and_refuses_garbage(void **state)
                    "{\"choices\":[{\"message\":{\"content\":\"all at once\"},"
                    "\"finish_reason\":\"length\"}]}", ANS_WHOLE},
                   {200, "text/event-stream", "data: {oops\n\n", ANS_WHOLE}};
-    srv_start(a, 2);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 2);
-    stream_state ss = {0};
-    outpost_chat_result res;
-    char err[OUTPOST_PLUGIN_ERR_SIZE] = "";
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_OK);
-    assert_string_equal(ss.c.text, "all at once");
-    assert_string_equal(res.finish_reason, "length");
-    memset(&ss, 0, sizeof ss);
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_EREMOTE);
-    assert_int_equal(res.attempts, 1); /* a malformed reply is not retried */
-    assert_non_null(strstr(err, "not JSON"));
-    backend_close(&b);
-    srv_stop();
+    rig r;
+    rig_open(&r, a, 2, "cloud", "/v1", 2);
+    assert_int_equal(rig_call(&r), OUTPOST_OK);
+    assert_string_equal(r.ss.c.text, "all at once");
+    assert_string_equal(r.res.finish_reason, "length");
+    assert_int_equal(rig_call(&r), OUTPOST_EREMOTE);
+    assert_int_equal(r.res.attempts, 1); /* a malformed reply is not retried */
+    assert_non_null(strstr(r.err, "not JSON"));
+    rig_close(&r);
 }
 
 static int closed_port(void)
@@ -911,18 +939,14 @@ static void backend_stops_waiting_when_the_caller_cancels(void **state)
 {
     (void)state;
     answer a[] = {{200, "text/event-stream", ok_stream, ANS_HOLD}};
-    srv_start(a, 1);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 2);
-    stream_state ss = {.cancel = true};
-    outpost_chat_result res;
-    char err[OUTPOST_PLUGIN_ERR_SIZE] = "";
-    assert_int_equal(call(&b, &ss, &res, err), OUTPOST_ECANCELLED);
-    assert_true(atomic_load(&ss.cancel_polls) > 0);
-    assert_int_equal(ss.c.len, 0);
-    assert_int_equal(res.attempts, 1);
-    backend_close(&b);
-    srv_stop();
+    rig r;
+    rig_open(&r, a, 1, "cloud", "/v1", 2);
+    r.ss.cancel = true;
+    assert_int_equal(rig_call(&r), OUTPOST_ECANCELLED);
+    assert_true(atomic_load(&r.ss.cancel_polls) > 0);
+    assert_int_equal(r.ss.c.len, 0);
+    assert_int_equal(r.res.attempts, 1);
+    rig_close(&r);
 }
 
 /* ---- cloud_: jobs through the pool ------------------------------------------------------------ */
@@ -991,22 +1015,27 @@ static cloud *pool_open(backend *b, sched **models, size_t n_models, int threads
     return c;
 }
 
+/* Submit j to be and wait for its on_done (w collects its text). */
+static void submit_and_wait(sched_backend be, sched_job *j, waiter *w)
+{
+    char err[256];
+    w_init(w, j);
+    assert_int_equal(be.submit(be.ud, j, err), SCHED_OK);
+    w_wait(w);
+}
+
 static void cloud_job_streams_to_the_sink_and_counts_cost(void **state)
 {
     (void)state;
     answer a[] = {{200, "text/event-stream", ok_stream, ANS_WHOLE}};
-    srv_start(a, 1);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 0);
-    cloud *c = pool_open(&b, NULL, 0, 2, 2, NAN);
+    rig r;
+    rig_open(&r, a, 1, "cloud", "/v1", 0);
+    cloud *c = pool_open(&r.b, NULL, 0, 2, 2, NAN);
     sched_backend be = cloud_backend(c);
     assert_string_equal(be.name, "cloud");
     sched_job *j = chat_job();
     waiter w;
-    w_init(&w, j);
-    char err[256];
-    assert_int_equal(be.submit(be.ud, j, err), SCHED_OK);
-    w_wait(&w);
+    submit_and_wait(be, j, &w);
     assert_int_equal(j->status, SCHED_OK);
     assert_int_equal(j->route, STORE_ROUTE_CLOUD);
     assert_string_equal(j->reason, "long_prompt");
@@ -1022,10 +1051,10 @@ static void cloud_job_streams_to_the_sink_and_counts_cost(void **state)
     assert_true(fabs(f.spend_usd_month - 0.007) < 1e-12);
     assert_int_equal(f.calls_ok, 1);
     assert_true(f.online);
+    assert_string_equal(j->remote_error, ""); /* nothing failed */
     sched_job_free(j);
     cloud_close(c);
-    backend_close(&b);
-    srv_stop();
+    rig_close(&r);
 }
 
 static void cloud_partial_failure_keeps_the_text_and_does_not_fall_back(void **state)
@@ -1033,36 +1062,31 @@ static void cloud_partial_failure_keeps_the_text_and_does_not_fall_back(void **s
     (void)state;
     answer a[] = {{200, "text/event-stream",
                    "data: {\"choices\":[{\"delta\":{\"content\":\"half\"}}]}\n\n", ANS_CUT}};
-    srv_start(a, 1);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 2);
-    cloud *c = pool_open(&b, NULL, 0, 1, 1, NAN);
+    rig r;
+    rig_open(&r, a, 1, "cloud", "/v1", 2);
+    cloud *c = pool_open(&r.b, NULL, 0, 1, 1, NAN);
     sched_backend be = cloud_backend(c);
     sched_job *j = chat_job();
     waiter w;
-    w_init(&w, j);
-    char err[256];
-    assert_int_equal(be.submit(be.ud, j, err), SCHED_OK);
-    w_wait(&w);
+    submit_and_wait(be, j, &w);
     assert_int_equal(j->status, SCHED_EREMOTE);
     assert_int_equal(j->finish, SCHED_FINISH_ERROR);
     assert_int_equal(j->route, STORE_ROUTE_CLOUD);
     assert_string_equal(w.text, "half");
     assert_non_null(strstr(j->err, "after part of its reply"));
+    assert_true(j->remote_error[0] != '\0'); /* for the response's outpost.remote */
     sched_job_free(j);
     cloud_close(c);
-    backend_close(&b);
-    srv_stop();
+    rig_close(&r);
 }
 
 static void cloud_refuses_at_once_when_busy_or_over_budget(void **state)
 {
     (void)state;
     answer a[] = {{200, "text/event-stream", ok_stream, ANS_HOLD}};
-    srv_start(a, 1);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 0);
-    cloud *c = pool_open(&b, NULL, 0, 1, -1, NAN); /* one call, no queue */
+    rig r;
+    rig_open(&r, a, 1, "cloud", "/v1", 0);
+    cloud *c = pool_open(&r.b, NULL, 0, 1, -1, NAN); /* one call, no queue */
     sched_backend be = cloud_backend(c);
     sched_job *j1 = chat_job(), *j2 = chat_job();
     waiter w1;
@@ -1080,7 +1104,7 @@ static void cloud_refuses_at_once_when_busy_or_over_budget(void **state)
     cloud_close(c);
 
     /* A budget of 0 means never. */
-    c = pool_open(&b, NULL, 0, 1, 1, 0.0);
+    c = pool_open(&r.b, NULL, 0, 1, 1, 0.0);
     be = cloud_backend(c);
     sched_job *j3 = chat_job();
     j3->route = STORE_ROUTE_CLOUD;
@@ -1094,8 +1118,7 @@ static void cloud_refuses_at_once_when_busy_or_over_budget(void **state)
     sched_job_free(j1);
     sched_job_free(j2);
     sched_job_free(j3);
-    backend_close(&b);
-    srv_stop();
+    rig_close(&r);
 }
 
 static void cloud_failure_before_text_falls_back_to_the_local_model(void **state)
@@ -1103,15 +1126,14 @@ static void cloud_failure_before_text_falls_back_to_the_local_model(void **state
     (void)state;
     char err[256];
     answer a[] = {{500, "application/json", "{\"error\":{\"message\":\"exploded\"}}", ANS_WHOLE}};
-    srv_start(a, 1);
-    backend b;
-    backend_open(&b, "cloud", srv_url("/v1"), 0);
+    rig r;
+    rig_open(&r, a, 1, "cloud", "/v1", 0);
     sched_opts so = {.name = "stories260K", .path = OUTPOST_SHARED "/models/stories260K.gguf",
                      .n_ctx = 256, .n_threads = 1, .queue_max = 4, .max_tokens_default = 8};
     sched *s = NULL;
     if (sched_open(&s, &so, err))
         fail_msg("%s", err);
-    cloud *c = pool_open(&b, &s, 1, 1, 1, NAN);
+    cloud *c = pool_open(&r.b, &s, 1, 1, 1, NAN);
     sched_backend be = cloud_backend(c);
     sched_job *j = sched_job_new();
     assert_int_equal(sched_job_add_msg(j, STORE_ROLE_USER, "Tell me a story", 15), SCHED_OK);
@@ -1120,13 +1142,12 @@ static void cloud_failure_before_text_falls_back_to_the_local_model(void **state
     j->sampling.temp = 0;
     assert_int_equal(sched_prepare(s, j, err), SCHED_OK);
     waiter w;
-    w_init(&w, j);
-    assert_int_equal(be.submit(be.ud, j, err), SCHED_OK);
-    w_wait(&w);
+    submit_and_wait(be, j, &w);
     assert_int_equal(srv.n_requests, 1);
     assert_int_equal(j->status, SCHED_OK);
     assert_int_equal(j->route, STORE_ROUTE_LOCAL);
     assert_string_equal(j->reason, "cloud_unreachable");
+    assert_non_null(strstr(j->remote_error, "exploded")); /* the fallback's cause */
     assert_true(w.len > 0);
     assert_string_equal(w.text, j->text); /* one answer, the local one */
     assert_true(j->completion_tokens > 0);
@@ -1137,13 +1158,13 @@ static void cloud_failure_before_text_falls_back_to_the_local_model(void **state
     assert_int_equal(f.calls_failed, 1);
     cloud_close(c);
     sched_job_free(j);
-    srv_stop();
-    backend_close(&b);
+    rig_close(&r);
 
     /* A target whose probe fails is refused at once, without a connect; the
      * caller (http.c) answers locally with reason cloud_unreachable. */
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", closed_port());
+    backend b;
     backend_open(&b, "cloud", url, 0);
     c = pool_open(&b, &s, 1, 1, 1, NAN);
     be = cloud_backend(c);
@@ -1186,6 +1207,7 @@ int main(void)
         cmocka_unit_test(cost_and_month_start),
         cmocka_unit_test(backend_streams_and_sends_key_body_and_path),
         cmocka_unit_test(backend_retries_503_and_429_then_succeeds),
+        cmocka_unit_test(backend_backoff_pause_is_bounded_by_the_call_timeout),
         cmocka_unit_test(backend_does_not_retry_a_client_error),
         cmocka_unit_test(backend_cut_after_text_is_partial_and_not_retried),
         cmocka_unit_test(backend_reads_a_whole_json_reply_and_refuses_garbage),

@@ -166,8 +166,16 @@ static void model_flag_alone_gives_a_complete_config(void **state)
     assert_int_equal(c->retention.request_max_age_days, 30);
     assert_int_equal(c->kv.disk_budget_mb, 1024);
     assert_string_equal(c->fleet.topic_prefix, "outpost/v1");
-    assert_int_equal(c->plugins.enabled.n, 3);
-    assert_string_equal(c->plugins.enabled.v[0], "backend-openai");
+    /* The backend is not loaded at start: only when peer or cloud is set. */
+    assert_int_equal(c->plugins.enabled.n, 2);
+    assert_string_equal(c->plugins.enabled.v[0], "sensor-linux");
+    assert_string_equal(c->plugins.backend, "backend-openai");
+    assert_int_equal(c->peer.call.connect_timeout_ms, 3000);
+    assert_int_equal(c->peer.call.timeout_ms, 0);
+    assert_int_equal(c->peer.call.retries, 2);
+    assert_int_equal(c->peer.call.retry_backoff_ms, 250);
+    assert_int_equal(c->cloud.call.connect_timeout_ms, 3000);
+    assert_int_equal(c->cloud.call.retries, 2);
     assert_null(c->source);
     assert_int_equal(cfg_origin_of(c, "listen.socket"), CFG_FROM_DEFAULT);
     assert_int_equal(cfg_origin_of(c, "models"), CFG_FROM_FLAG);
@@ -730,6 +738,60 @@ static int validate_text(const char *text, char err[256])
     return rc;
 }
 
+/* Remote timeouts and retries: set per target from the file, env-free
+ * flags (--set), range-checked one by one, checked together at validation. */
+static void remote_call_limits_are_read_and_checked(void **state)
+{
+    (void)state;
+    char err[256];
+    cfg *c = load_text("peer = { url = \"http://gw:8080\", connect_timeout_ms = 500, "
+                       "timeout_ms = 20000, retries = 0, retry_backoff_ms = 100 }\n"
+                       "cloud = { connect_timeout_ms = 2000, retries = 5 }\n",
+                       CFG_OK, err);
+    assert_int_equal(c->peer.call.connect_timeout_ms, 500);
+    assert_int_equal(c->peer.call.timeout_ms, 20000);
+    assert_int_equal(c->peer.call.retries, 0);
+    assert_int_equal(c->peer.call.retry_backoff_ms, 100);
+    assert_int_equal(c->cloud.call.connect_timeout_ms, 2000);
+    assert_int_equal(c->cloud.call.timeout_ms, 0);
+    assert_int_equal(c->cloud.call.retries, 5);
+    assert_int_equal(c->cloud.call.retry_backoff_ms, 250);
+    assert_int_equal(cfg_apply_flag(c, "cloud.retries", "1", err), CFG_OK);
+    assert_int_equal(c->cloud.call.retries, 1);
+    assert_int_equal(cfg_apply_flag(c, "cloud.retries", "11", err), CFG_EVALUE);
+    assert_non_null(strstr(err, "cloud.retries"));
+    assert_int_equal(cfg_apply_flag(c, "peer.connect_timeout_ms", "fast", err), CFG_ETYPE);
+    assert_non_null(strstr(err, "peer.connect_timeout_ms"));
+    cfg_free(c);
+
+    expect_error("peer = { retries = -1 }\n", CFG_EVALUE, "peer.retries");
+    expect_error("cloud = { retry_backoff_ms = 0 }\n", CFG_EVALUE, "cloud.retry_backoff_ms");
+    expect_error("cloud = { timeout_ms = \"1s\" }\n", CFG_ETYPE, "cloud.timeout_ms");
+    expect_error("peer = { connect_timeout_ms = 1.5 }\n", CFG_ETYPE, "peer.connect_timeout_ms");
+    expect_error("peer = { timeouts = 1 }\n", CFG_EUNKNOWN, "peer.timeouts");
+
+#define ONE_MODEL "models = { { path = \"/m/a.gguf\" } }\n"
+    /* A call may not outlive its request; an attempt's connect must fit the call. */
+    assert_int_equal(validate_text(ONE_MODEL "limits = { request_timeout_s = 10 }\n"
+                                             "cloud = { timeout_ms = 10001 }\n", err),
+                     CFG_EINVALID);
+    assert_non_null(strstr(err, "cloud.timeout_ms: 10001 ms is longer than "
+                                "limits.request_timeout_s (10 s)"));
+    assert_int_equal(validate_text(ONE_MODEL "limits = { request_timeout_s = 10 }\n"
+                                             "cloud = { timeout_ms = 10000 }\n", err),
+                     CFG_OK);
+    assert_int_equal(validate_text(ONE_MODEL "peer = { timeout_ms = 1000, "
+                                             "connect_timeout_ms = 2000 }\n", err),
+                     CFG_EINVALID);
+    assert_non_null(strstr(err, "peer.connect_timeout_ms: 2000 ms is longer than "
+                                "peer.timeout_ms (1000 ms)"));
+    /* 0 follows limits.request_timeout_s, whatever the connect timeout. */
+    assert_int_equal(validate_text(ONE_MODEL "peer = { timeout_ms = 0, "
+                                             "connect_timeout_ms = 600000 }\n", err),
+                     CFG_OK);
+#undef ONE_MODEL
+}
+
 static void validation_checks_keys_together(void **state)
 {
     (void)state;
@@ -868,6 +930,7 @@ int main(void)
         T(flags_override_the_environment),
         T(relative_flag_paths_use_the_current_directory),
         T(policy_file_follows_lua_dir_until_set),
+        T(remote_call_limits_are_read_and_checked),
         T(validation_checks_keys_together),
         T(dump_hides_secrets_and_reads_back),
 #undef T

@@ -815,6 +815,47 @@ static void reload_keeps_the_old_policy_on_a_broken_file(void **state)
     pol_close(p);
 }
 
+/* policy.set from the fleet: source in memory, compiled and dry-run before
+ * it replaces the running policy; every failure leaves the old one. */
+static void replace_source_dry_runs_before_it_replaces(void **state)
+{
+    (void)state;
+    const char *path = write_policy("fleet.lua",
+        "function route() return { target = 'local', reason = 'file' } end\n");
+    pol *p = open_ok(path, 0, 0);
+    pol_req r = base_req();
+    pol_env e = base_env();
+    char err[256];
+    static const char *const broken[] = {
+        "function route() return { target = 'cloud'\n",                    /* syntax */
+        "function route() error('not today') end\n",                       /* runtime */
+        "function route() return { target = 'moon', reason = 'x' } end\n", /* result */
+        "function route() while true do end end\n",                        /* limit */
+        "x = 1\n",                                                         /* no route */
+    };
+    for (size_t i = 0; i < sizeof broken / sizeof broken[0]; i++) {
+        assert_int_not_equal(pol_replace_source(p, broken[i], strlen(broken[i]), "fleet v9", err),
+                             POL_OK);
+        assert_non_null(strstr(err, "fleet v9"));
+        expect_route(p, &r, &e, POL_TARGET_LOCAL, "file");
+    }
+    /* Only the private/online sample fails: still refused. */
+    const char *half = "function route(req) if req.privacy == 'private' then error('no') end\n"
+                       "  return { target = 'cloud', reason = 'half' } end\n";
+    assert_int_equal(pol_replace_source(p, half, strlen(half), "fleet v10", err), POL_ERUNTIME);
+    expect_route(p, &r, &e, POL_TARGET_LOCAL, "file");
+    const char *good = "function route() return { target = 'peer', reason = 'fleet' } end\n";
+    assert_int_equal(pol_replace_source(p, good, strlen(good), "fleet v11", err), POL_OK);
+    expect_route(p, &r, &e, POL_TARGET_PEER, "fleet");
+    assert_int_equal(pol_replace_source(p, "", 0, "empty", err), POL_ERUNTIME);
+    expect_route(p, &r, &e, POL_TARGET_PEER, "fleet");
+    pol_counters c;
+    pol_stats(p, &c);
+    assert_int_equal(c.reloads, 1);
+    assert_int_equal(c.reload_errors, 7);
+    pol_close(p);
+}
+
 typedef struct hammer {
     pol *p;
     int failures;
@@ -902,6 +943,7 @@ int main(void)
         cmocka_unit_test(bad_return_values_fall_back_to_local),
         cmocka_unit_test(policy_errors_are_clean),
         cmocka_unit_test(reload_keeps_the_old_policy_on_a_broken_file),
+        cmocka_unit_test(replace_source_dry_runs_before_it_replaces),
         cmocka_unit_test(routes_from_many_threads_survive_reloads),
         cmocka_unit_test(name_tables_round_trip),
     };

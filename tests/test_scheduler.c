@@ -194,10 +194,47 @@ static int count_files(const char *dir)
     return n;
 }
 
+/* Every test starts from a fresh directory, store and scheduler with a
+ * 1 MiB budget (a test that needs another reopens the scheduler). */
+static int setup(void **state)
+{
+    *state = new_fixture(1 << 20);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    free_fixture(*state);
+    return 0;
+}
+
+/* Two sessions of UID_A, s then t each with a first turn: turning to t
+ * saved s's state, whose file is path. Returns s's turn; t's in *t1 (may
+ * be NULL). */
+static turn two_sessions_s_saved(fixture *f, char s[STORE_ID_SIZE], char t[STORE_ID_SIZE],
+                                 char path[256], turn *t1)
+{
+    new_session(f, UID_A, s);
+    new_session(f, UID_A, t);
+    turn s1 = run_turn(f, s, UID_A, text_s);
+    turn tt = run_turn(f, t, UID_A, text_t);
+    if (t1)
+        *t1 = tt;
+    kv_file(f, s, path, 256);
+    assert_true(file_exists(path));
+    return s1;
+}
+
+static void touch(const char *path)
+{
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fclose(fp);
+}
+
 static void second_turn_reuses_the_first_from_the_live_cache(void **state)
 {
-    (void)state;
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     char s[STORE_ID_SIZE];
     new_session(f, UID_A, s);
     turn t1 = run_turn(f, s, UID_A, text_s);
@@ -208,21 +245,15 @@ static void second_turn_reuses_the_first_from_the_live_cache(void **state)
     /* Nothing was switched away from, so nothing was written. */
     assert_int_equal(stats(f).kv_saves, 0);
     assert_int_equal(count_files(f->kv_dir), 0);
-    free_fixture(f);
 }
 
 static void switching_sessions_saves_and_the_next_turn_restores(void **state)
 {
-    (void)state;
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     char s[STORE_ID_SIZE], t[STORE_ID_SIZE], path[256];
-    new_session(f, UID_A, s);
-    new_session(f, UID_A, t);
-    turn s1 = run_turn(f, s, UID_A, text_s);
-    turn t1 = run_turn(f, t, UID_A, text_t);
+    turn t1;
+    turn s1 = two_sessions_s_saved(f, s, t, path, &t1);
     /* Turning to t saved s: the file and its row. */
-    kv_file(f, s, path, sizeof path);
-    assert_true(file_exists(path));
     store_session row = get_session(f, s, UID_A);
     assert_string_equal(row.kv_path, path);
     assert_true(row.kv_tokens >= s1.prompt_tokens);
@@ -240,13 +271,11 @@ static void switching_sessions_saves_and_the_next_turn_restores(void **state)
     kv_file(f, t, path, sizeof path);
     assert_true(file_exists(path));
     assert_int_equal(stats(f).kv_saves, 2);
-    free_fixture(f);
 }
 
 static void a_restart_restores_the_session_saved_at_stop(void **state)
 {
-    (void)state;
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     char s[STORE_ID_SIZE], path[256];
     new_session(f, UID_A, s);
     turn s1 = run_turn(f, s, UID_A, text_s);
@@ -259,20 +288,13 @@ static void a_restart_restores_the_session_saved_at_stop(void **state)
     turn s2 = run_turn(f, s, UID_A, "What did the cat do next?");
     assert_true(s2.cached_tokens >= s1.prompt_tokens);
     assert_int_equal(stats(f).kv_restores, 1);
-    free_fixture(f);
 }
 
 static void a_zero_budget_writes_nothing_and_clears_old_files(void **state)
 {
-    (void)state;
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     char s[STORE_ID_SIZE], t[STORE_ID_SIZE], path[256];
-    new_session(f, UID_A, s);
-    new_session(f, UID_A, t);
-    turn s1 = run_turn(f, s, UID_A, text_s);
-    run_turn(f, t, UID_A, text_t);
-    kv_file(f, s, path, sizeof path);
-    assert_true(file_exists(path));
+    turn s1 = two_sessions_s_saved(f, s, t, path, NULL);
     /* Restart with budget 0: the old file goes, and none are written. */
     sched_close(f->s);
     open_sched(f, 0);
@@ -284,14 +306,12 @@ static void a_zero_budget_writes_nothing_and_clears_old_files(void **state)
     assert_true(s2.cached_tokens < s1.prompt_tokens);
     assert_int_equal(count_files(f->kv_dir), 0);
     assert_int_equal(stats(f).kv_saves, 0);
-    free_fixture(f);
 }
 
 static void the_budget_evicts_the_least_recently_used(void **state)
 {
-    (void)state;
     /* Find the size of one state, then allow a little more than two. */
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     char a[STORE_ID_SIZE], b[STORE_ID_SIZE], c[STORE_ID_SIZE], pa[256], pb[256], pc[256];
     new_session(f, UID_A, a);
     run_turn(f, a, UID_A, text_s);
@@ -300,7 +320,7 @@ static void the_budget_evicts_the_least_recently_used(void **state)
     assert_true(one > 0);
     free_fixture(f);
 
-    f = new_fixture(one * 2 + one / 2);
+    *state = f = new_fixture(one * 2 + one / 2);
     new_session(f, UID_A, a);
     new_session(f, UID_A, b);
     new_session(f, UID_A, c);
@@ -323,19 +343,13 @@ static void the_budget_evicts_the_least_recently_used(void **state)
     run_turn(f, a, UID_A, text_s);
     run_turn(f, NULL, UID_A, "hello");
     assert_int_equal(count_files(f->kv_dir), 0);
-    free_fixture(f);
 }
 
 static void a_damaged_file_is_removed_and_the_turn_prefills(void **state)
 {
-    (void)state;
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     char s[STORE_ID_SIZE], t[STORE_ID_SIZE], path[256];
-    new_session(f, UID_A, s);
-    new_session(f, UID_A, t);
-    turn s1 = run_turn(f, s, UID_A, text_s);
-    run_turn(f, t, UID_A, text_t);
-    kv_file(f, s, path, sizeof path);
+    turn s1 = two_sessions_s_saved(f, s, t, path, NULL);
     /* Flip one byte in the middle of the rows. */
     FILE *fp = fopen(path, "r+b");
     assert_non_null(fp);
@@ -356,13 +370,11 @@ static void a_damaged_file_is_removed_and_the_turn_prefills(void **state)
      * reuse show the cache was left sound. */
     turn s3 = run_turn(f, s, UID_A, "And then?");
     assert_true(s3.cached_tokens >= s2.prompt_tokens);
-    free_fixture(f);
 }
 
 static void a_session_deleted_while_live_leaves_no_file(void **state)
 {
-    (void)state;
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     char s[STORE_ID_SIZE], path[256], err[256];
     new_session(f, UID_A, s);
     run_turn(f, s, UID_A, text_s);
@@ -371,13 +383,11 @@ static void a_session_deleted_while_live_leaves_no_file(void **state)
     kv_file(f, s, path, sizeof path);
     assert_false(file_exists(path));
     assert_int_equal(count_files(f->kv_dir), 0);
-    free_fixture(f);
 }
 
 static void leftovers_are_cleaned_at_start(void **state)
 {
-    (void)state;
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     char s[STORE_ID_SIZE], kept[256], path[256];
     new_session(f, UID_A, s);
     run_turn(f, s, UID_A, text_s);
@@ -388,14 +398,10 @@ static void leftovers_are_cleaned_at_start(void **state)
                           "0123456789abcdef0123456789abcdef.kv.tmp.Ab12Cd"};
     for (int i = 0; i < 2; i++) {
         snprintf(path, sizeof path, "%s/%s", f->kv_dir, junk[i]);
-        FILE *fp = fopen(path, "w");
-        assert_non_null(fp);
-        fclose(fp);
+        touch(path);
     }
     snprintf(path, sizeof path, "%s/notes.txt", f->kv_dir);
-    FILE *fp = fopen(path, "w");
-    assert_non_null(fp);
-    fclose(fp);
+    touch(path);
     open_sched(f, 1 << 20);
     assert_true(file_exists(kept));
     assert_true(file_exists(path)); /* not a name the scheduler gives */
@@ -405,34 +411,33 @@ static void leftovers_are_cleaned_at_start(void **state)
     unlink(kept);
     open_sched(f, 1 << 20);
     assert_string_equal(get_session(f, s, UID_A).kv_path, "");
-    free_fixture(f);
 }
 
 static void the_live_cache_is_not_shared_across_uids(void **state)
 {
-    (void)state;
-    fixture *f = new_fixture(1 << 20);
+    fixture *f = *state;
     turn a1 = run_turn(f, NULL, UID_A, text_s);
     turn b1 = run_turn(f, NULL, UID_B, text_s);
     turn b2 = run_turn(f, NULL, UID_B, text_s);
     assert_true(a1.prompt_tokens >= 8);
     assert_int_equal(b1.cached_tokens, 0);
     assert_int_equal(b2.cached_tokens, b2.prompt_tokens - 1);
-    free_fixture(f);
 }
 
 int main(void)
 {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(second_turn_reuses_the_first_from_the_live_cache),
-        cmocka_unit_test(switching_sessions_saves_and_the_next_turn_restores),
-        cmocka_unit_test(a_restart_restores_the_session_saved_at_stop),
-        cmocka_unit_test(a_zero_budget_writes_nothing_and_clears_old_files),
-        cmocka_unit_test(the_budget_evicts_the_least_recently_used),
-        cmocka_unit_test(a_damaged_file_is_removed_and_the_turn_prefills),
-        cmocka_unit_test(a_session_deleted_while_live_leaves_no_file),
-        cmocka_unit_test(leftovers_are_cleaned_at_start),
-        cmocka_unit_test(the_live_cache_is_not_shared_across_uids),
+        T(second_turn_reuses_the_first_from_the_live_cache),
+        T(switching_sessions_saves_and_the_next_turn_restores),
+        T(a_restart_restores_the_session_saved_at_stop),
+        T(a_zero_budget_writes_nothing_and_clears_old_files),
+        T(the_budget_evicts_the_least_recently_used),
+        T(a_damaged_file_is_removed_and_the_turn_prefills),
+        T(a_session_deleted_while_live_leaves_no_file),
+        T(leftovers_are_cleaned_at_start),
+        T(the_live_cache_is_not_shared_across_uids),
     };
+#undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

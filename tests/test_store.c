@@ -39,6 +39,9 @@ static int64_t fake_clock(void *ctx)
     return fake_now_ms;
 }
 
+static int format_row(void *ud, const store_request_row *r, char **payload, size_t *len,
+                      char err[256]);
+
 static store_opts clock_opts(void)
 {
     store_opts o = {0};
@@ -256,6 +259,12 @@ static void migrates_from_every_older_version_keeping_data(void **state)
         store_request r = request("req-2", STORE_ROUTE_LOCAL, "ok", 5);
         insert_request(s, &r);
         assert_int_equal(store_outbox_put(s, "t", "y", 1, NULL, err), 0);
+        /* Requests from before the upgrade count as exported; new ones not. */
+        int calls = 0;
+        size_t n_exp = 0;
+        assert_int_equal(store_requests_export(s, "t", 10, format_row, &calls, 0, &n_exp, NULL,
+                                               err), 0);
+        assert_int_equal(n_exp, 1);
         store_close(s);
     }
 }
@@ -994,6 +1003,126 @@ static void four_threads_sharing_one_handle_all_succeed(void **state)
 
 /* ---- settings --------------------------------------------------------------- */
 
+/* The export formatter of the tests: "<id>|<route>|<ttft or nan>". */
+static int format_row(void *ud, const store_request_row *r, char **payload, size_t *len,
+                      char err[256])
+{
+    int *calls = ud;
+    (*calls)++;
+    if (strcmp(r->id, "refuse-me") == 0) {
+        snprintf(err, 256, "formatter refuses %s", r->id);
+        return -1;
+    }
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "%s|%s|%g", r->id, store_route_name(r->route), r->ttft_ms);
+    *payload = strdup(buf);
+    *len = (size_t)n;
+    return *payload ? 0 : -1;
+}
+
+/* Every request is exported once, across handles (restarts), oldest first;
+ * a formatter failure leaves nothing marked. */
+static void requests_are_exported_to_the_outbox_exactly_once(void **state)
+{
+    fixture *f = *state;
+    char err[256];
+    store *s = open_ok(f->db, NULL);
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "req-%d", i);
+        store_request r = request(id, i == 2 ? STORE_ROUTE_CLOUD : STORE_ROUTE_LOCAL, "ok",
+                                  i == 3 ? -1 : 10 + i);
+        insert_request(s, &r);
+    }
+    int calls = 0;
+    size_t n = 0;
+    store_outbox_drops d = {0};
+    assert_int_equal(store_requests_export(s, "t/telemetry", 3, format_row, &calls, 0, &n, &d, err),
+                     0);
+    assert_int_equal(n, 3);
+    assert_int_equal(store_requests_export(s, "t/telemetry", 3, format_row, &calls, 0, &n, &d, err),
+                     0);
+    assert_int_equal(n, 2);
+    store_close(s);
+    s = open_ok(f->db, NULL);
+    assert_int_equal(store_requests_export(s, "t/telemetry", 3, format_row, &calls, 0, &n, &d, err),
+                     0);
+    assert_int_equal(n, 0);
+    assert_int_equal(calls, 5);
+
+    store_outbox_msg *m;
+    size_t nm;
+    assert_int_equal(store_outbox_peek(s, 10, &m, &nm, err), 0);
+    assert_int_equal(nm, 5);
+    assert_string_equal((char *)m[0].payload, "req-0|local|10");
+    assert_string_equal((char *)m[2].payload, "req-2|cloud|12");
+    assert_string_equal((char *)m[3].payload, "req-3|local|nan");
+    assert_string_equal(m[4].topic, "t/telemetry");
+    store_outbox_free(m, nm);
+
+    store_request bad = request("refuse-me", STORE_ROUTE_LOCAL, "ok", 1);
+    insert_request(s, &bad);
+    assert_int_not_equal(store_requests_export(s, "t/telemetry", 10, format_row, &calls, 0, &n, &d,
+                                               err), 0);
+    assert_non_null(strstr(err, "refuse-me"));
+    int64_t pending;
+    assert_int_equal(store_outbox_pending(s, &pending, err), 0);
+    assert_int_equal(pending, 5);
+    assert_int_equal(store_requests_export(s, "t/telemetry", 0, format_row, &calls, 0, &n, &d, err),
+                     STORE_EINVAL);
+    store_close(s);
+}
+
+/* Over the bound, roll-ups go first (oldest first), then the oldest
+ * records; the drops are counted; peek_after skips what is in flight. */
+static void bounded_outbox_drops_rollups_first_and_counts(void **state)
+{
+    fixture *f = *state;
+    char err[256];
+    store *s = open_ok(f->db, NULL);
+    store_outbox_drops d = {0};
+    int64_t ids[8];
+    /* r0 R1 r2 R3 r4 (R = roll-up), bound 5: nothing dropped yet. */
+    for (int i = 0; i < 5; i++) {
+        char p[8];
+        snprintf(p, sizeof p, "%c%d", i % 2 ? 'R' : 'r', i);
+        assert_int_equal(store_outbox_put_kind(s, "t", p, strlen(p),
+                                               i % 2 ? STORE_OUTBOX_ROLLUP : STORE_OUTBOX_RECORD,
+                                               5, &ids[i], &d, err), 0);
+    }
+    assert_int_equal(d.rollups, 0);
+    assert_int_equal(d.records, 0);
+    /* r5: R1 goes. r6: R3 goes. r7: no roll-up left, r0 goes. */
+    for (int i = 5; i < 8; i++) {
+        char p[8];
+        snprintf(p, sizeof p, "r%d", i);
+        assert_int_equal(store_outbox_put_kind(s, "t", p, strlen(p), STORE_OUTBOX_RECORD, 5,
+                                               &ids[i], &d, err), 0);
+    }
+    assert_int_equal(d.rollups, 2);
+    assert_int_equal(d.records, 1);
+    store_outbox_msg *m;
+    size_t n;
+    assert_int_equal(store_outbox_peek(s, 10, &m, &n, err), 0);
+    assert_int_equal(n, 5);
+    const char *want[] = {"r2", "r4", "r5", "r6", "r7"};
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal((char *)m[i].payload, want[i]);
+    store_outbox_free(m, n);
+    assert_int_equal(store_outbox_peek_after(s, ids[5], 10, &m, &n, err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(m[0].id, ids[6]);
+    store_outbox_free(m, n);
+    /* An acknowledged message does not count against the bound. */
+    assert_int_equal(store_outbox_ack(s, &ids[2], 1, err), 0);
+    assert_int_equal(store_outbox_put_kind(s, "t", "r8", 2, STORE_OUTBOX_RECORD, 5, NULL, &d, err),
+                     0);
+    assert_int_equal(d.records, 1);
+    assert_int_equal(store_outbox_put_kind(s, "t", "x", 1, (store_outbox_kind)7, 5, NULL, &d, err),
+                     STORE_EINVAL);
+    store_close(s);
+}
+
 static void settings_overwrite_delete_and_report_missing(void **state)
 {
     fixture *f = *state;
@@ -1052,6 +1181,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(four_writers_with_own_handles_never_see_busy, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(four_threads_sharing_one_handle_all_succeed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(requests_are_exported_to_the_outbox_exactly_once, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(bounded_outbox_drops_rollups_first_and_counts, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(settings_overwrite_delete_and_report_missing, setup,
                                         teardown),

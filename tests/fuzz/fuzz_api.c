@@ -155,8 +155,12 @@ static void check_builders(const api_request *r)
 {
     const char *text = r->kind == API_CHAT ? r->messages[r->n_messages - 1].content : r->prompt;
     size_t len = r->kind == API_CHAT ? r->messages[r->n_messages - 1].content_len : r->prompt_len;
-    api_served served = {r->outpost.route == POL_TARGET_AUTO ? POL_TARGET_LOCAL : r->outpost.route,
-                         r->user, 1.5, 3, true, r->outpost.session};
+    /* The user field doubles as remote text: any UTF-8 (or not) must build. */
+    api_served served = {
+        .route = r->outpost.route == POL_TARGET_AUTO ? POL_TARGET_LOCAL : r->outpost.route,
+        .reason = r->user, .ttft_ms = 1.5, .cached_tokens = 3, .truncated = true,
+        .session = r->outpost.session,
+        .remote = {.target = "peer", .route = r->model, .reason = r->user, .error = r->user}};
     api_result res = {"chatcmpl-x", 1, r->model, text, len, API_FINISH_STOP, {1, 2}, &served};
     api_chunk c = {"chatcmpl-x", 1, r->model, true, text, len, API_FINISH_LENGTH,
                    r->include_usage, NULL, &served};

@@ -11,28 +11,11 @@
 # node_modules never lands in the source tree. Node and npm are required:
 # without them, or without the registry, this test fails (it never skips),
 # because CI has both (.ci/deps).
-set -uo pipefail
-bin=${OUTPOST_BIN:?}
-src=$(cd "$(dirname "$0")/../.." && pwd)
-shared=${OUTPOST_SHARED:-$src/../shared}
-build=${OUTPOST_BUILD:-$src/build}
-model=$shared/models/stories260K.gguf
-work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
 sock=$work/s.sock
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
 die() { echo "FAIL: $1"; echo "$pass passed, $((fail + 1)) failed"; exit 1; }
 
-for tool in node npm curl python3; do
-  command -v $tool >/dev/null || die "$tool is not installed (.ci/deps installs it)"
-done
+need --fail node npm curl python3
 [ -f "$model" ] || die "no model at $model"
 
 # The client library, from the committed lock file.
@@ -49,16 +32,11 @@ cp "$src/tests/integration/openai_client.mjs" "$client/" || die "cannot copy the
 version=$(node -e 'console.log(require(process.argv[1]).version)' "$client/node_modules/openai/package.json")
 echo "# node $(node --version), openai $version"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 key=key-$RANDOM$RANDOM
-OUTPOST_API_KEY=$key "$bin" serve -m "$model" --socket "$sock" --state-dir "$work/state" \
-  --policy "$src/lua/default.lua" --lua-dir "$src/lua" --listen "127.0.0.1:$port" >"$work/log" 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/health)" = 200 ] && break
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.1
-done
+OUTPOST_API_KEY=$key agent_start "$work/log" "$sock" --state-dir "$work/state" \
+  --policy "$src/lua/default.lua" --lua-dir "$src/lua" --listen "127.0.0.1:$port"
+pid=$agent_pid
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health")" = 200 ] ||
   { cat "$work/log"; die "the agent did not become ready on 127.0.0.1:$port"; }
 
@@ -113,14 +91,10 @@ curl_reply=$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.ar
   || bad "replies differ: node $node_reply, curl $curl_reply"
 
 # 3. The agent stayed clean.
-kill -TERM "$pid"
-wait "$pid"
-rc=$?
-pid=""
+agent_stop "$pid"
 [ $rc -eq 0 ] && ok "the agent exits 0 on SIGTERM" || bad "agent exit status $rc"
 if grep -qE "runtime error|AddressSanitizer|LeakSanitizer" "$work/log"; then
   bad "sanitizer reports in the agent's log:"; cat "$work/log"
 else ok "no sanitizer reports in the agent's log"; fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

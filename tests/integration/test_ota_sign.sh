@@ -132,7 +132,7 @@ expect 1 "missing signature file" "data.none: cannot open" "$bin" ota verify -p 
 expect 1 "garbage secret key" "junk.pub: line 2 (secret key)" "$bin" ota sign -s junk.pub -m data -x x.sig
 expect 1 "missing file to sign" "nothing: cannot open" "$bin" ota sign -s o.key -m nothing
 
-expect 2 "no subcommand" "expected 'keygen', 'sign' or 'verify'" "$bin" ota
+expect 2 "no subcommand" "expected 'keygen', 'sign', 'verify'" "$bin" ota
 expect 2 "unknown subcommand" "unknown subcommand 'frob'" "$bin" ota frob
 expect 2 "verify without -m" "-m FILE is required" "$bin" ota verify -p o.pub
 expect 2 "verify with -p and -P" "not both" "$bin" ota verify -p o.pub -P "$pub_b64" -m data

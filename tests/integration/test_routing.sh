@@ -12,56 +12,20 @@
 # restart); a garbage .so and a plugin of the wrong ABI are refused with one
 # log line each while the agent serves; and with B stopped A answers locally
 # with reason cloud_unreachable / peer_unreachable. Every answer's `outpost`
-# object shows the decision.
+# object shows the decision, and for a relayed request the remote side's
+# (outpost.remote: B's own route and reason, or why the call failed).
 # Needs curl, python3 and sqlite3.
-set -uo pipefail
-bin=${OUTPOST_BIN:?}
-shared=${OUTPOST_SHARED:?}
-build=${OUTPOST_BUILD:?}
-src=$(cd "$(dirname "$0")/../.." && pwd)
-model=$shared/models/stories260K.gguf
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-for tool in curl python3 sqlite3; do
-  command -v $tool >/dev/null || { echo "SKIP: $tool is not installed"; exit 77; }
-done
+. "$(dirname "$0")/lib.sh"
+need curl python3 sqlite3
 
-json() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# post SOCKET PATH BODYFILE -> body in $work/body, status in $code
-post() {
-  code=$(curl -s -o "$work/body" -w '%{http_code}' --unix-socket "$1" -H 'Content-Type: application/json' \
-    "http://localhost$2" --data-binary @"$3")
-}
-# start NAME SOCKET flags... (env set by the caller); pid in $started
+# start NAME SOCKET flags... (env set by the caller): state in $work/NAME; pid in $started
 start() {
   local name=$1 sock=$2
   shift 2
-  "$bin" serve -m "$model" --socket "$sock" --state-dir "$work/$name" --lua-dir "$src/lua" "$@" \
-    >>"$work/$name.log" 2>&1 &
-  started=$!
-  pids+=("$started")
-  for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/health)" = 200 ] && return 0
-    kill -0 "$started" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "agent $name did not become ready:"; cat "$work/$name.log"; exit 1
+  agent_start "$work/$name.log" "$sock" --state-dir "$work/$name" --lua-dir "$src/lua" "$@"
+  started=$agent_pid
 }
-stop() { kill -TERM "$1"; wait "$1"; }
-# wait_log FILE TEXT: until the agent has logged it (up to 10 s)
-wait_log() {
-  for _ in $(seq 1 100); do grep -q "$2" "$1" && return 0; sleep 0.1; done
-  return 1
-}
+stop() { agent_stop "$1"; return $rc; }
 rows() { sqlite3 "$1" "$2" 2>/dev/null; }
 
 # Request bodies. 180 sentences are ~1980 prompt tokens: over the default
@@ -143,6 +107,11 @@ else bad "long: $code $(head -c 600 "$work/body")"; fi
 nb1=$(rows "$db_b" "select count(*) from requests")
 [ "$nb1" = $((nb0 + 1)) ] && [ "$(rows "$db_b" "select status from requests order by created_ms desc limit 1")" = ok ] \
   && ok "B's telemetry has the request it served" || bad "B's requests: $nb0 -> $nb1"
+# A's answer carries B's own decision, as B recorded it.
+b_dec=$(rows "$db_b" "select route || '/' || reason from requests order by created_ms desc limit 1")
+a_rem=$(json "$work/long_answer" 'd["outpost"]["remote"]["target"]+":"+d["outpost"]["remote"]["route"]+"/"+d["outpost"]["remote"]["reason"]+":"+str("error" in d["outpost"]["remote"])')
+[ -n "$b_dec" ] && [ "$a_rem" = "cloud:$b_dec:False" ] \
+  && ok "A's outpost.remote shows B's decision ($b_dec) and no error" || bad "remote: '$a_rem' vs B '$b_dec'"
 row=$(rows "$db_a" "select route, reason, status, prompt_tokens > 1536, cost_usd > 0 from requests order by created_ms desc limit 1")
 [ "$row" = "cloud|long_prompt|ok|1|1" ] && ok "A's telemetry: route cloud, reason, tokens and a cost estimate" \
   || bad "A's row: $row"
@@ -159,6 +128,8 @@ text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c[
 fin = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
 assert len(fin) == 1 and fin[0]["outpost"]["route"] == "cloud", fin
 assert fin[0]["outpost"]["reason"] == "long_prompt"
+assert fin[0]["outpost"]["remote"]["target"] == "cloud", fin
+assert fin[0]["outpost"]["remote"]["route"] == "local", fin
 assert chunks[-1]["usage"]["completion_tokens"] > 0
 assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) >= 2
 assert text == json.load(open(sys.argv[2]))["choices"][0]["message"]["content"], text
@@ -173,9 +144,9 @@ post "$work/a.sock" /v1/completions "$work/long_prompt.json"
 
 # 5. The peer route: B answers it itself (A asks it to stay local there).
 post "$work/a.sock" /v1/chat/completions "$work/peer.json"
-if [ "$code" = 200 ] && [ "$(json "$work/body" 'd["outpost"]["route"]=="peer" and d["outpost"]["reason"]=="requested"')" = True ] \
+if [ "$code" = 200 ] && [ "$(json "$work/body" 'd["outpost"]["route"]=="peer" and d["outpost"]["reason"]=="requested" and d["outpost"]["remote"]=={"target":"peer","route":"local","reason":"requested"}')" = True ] \
    && [ "$(rows "$db_b" "select route, reason from requests order by created_ms desc limit 1")" = "local|requested" ]; then
-  ok "peer route: answered by B (route peer on A, B kept it local as asked)"
+  ok "peer route: answered by B (route peer on A, B kept it local as asked, outpost.remote says so)"
 else bad "peer: $code $(cat "$work/body") / B: $(rows "$db_b" "select route, reason from requests order by created_ms desc limit 1")"; fi
 
 # 6. PII: with redact=true B receives none of it; without, B finds it.
@@ -248,8 +219,8 @@ stop "$pid_c"
 # 9. B stopped: A falls back to its own engine and says why.
 stop "$pid_b"
 post "$work/a.sock" /v1/chat/completions "$work/long.json"
-if [ "$code" = 200 ] && [ "$(json "$work/body" 'd["outpost"]["route"]=="local" and d["outpost"]["reason"]=="cloud_unreachable" and len(d["choices"][0]["message"]["content"])>0')" = True ]; then
-  ok "B stopped: the long request is answered by A (route local, reason cloud_unreachable)"
+if [ "$code" = 200 ] && [ "$(json "$work/body" 'd["outpost"]["route"]=="local" and d["outpost"]["reason"]=="cloud_unreachable" and len(d["choices"][0]["message"]["content"])>0 and d["outpost"]["remote"]["target"]=="cloud" and len(d["outpost"]["remote"]["error"])>0 and "route" not in d["outpost"]["remote"]')" = True ]; then
+  ok "B stopped: the long request is answered by A (route local, reason cloud_unreachable, outpost.remote.error: $(json "$work/body" 'd["outpost"]["remote"]["error"]'))"
 else bad "B stopped: $code $(head -c 600 "$work/body")"; fi
 row=$(rows "$db_a" "select route, reason, status from requests order by created_ms desc limit 1")
 [ "$row" = "local|cloud_unreachable|ok" ] && ok "A's telemetry records the fallback" || bad "fallback row: $row"
@@ -265,19 +236,23 @@ fin = [json.loads(e) for e in events[:-1]]
 fin = [c for c in fin if c["choices"] and c["choices"][0]["finish_reason"]]
 o = fin[0]["outpost"]
 assert o["route"] == "local" and o["reason"] == "cloud_unreachable", o
+assert o["remote"]["target"] == "cloud" and o["remote"]["error"], o
 EOF
 then ok "B stopped, streamed: route local, reason cloud_unreachable"
 else bad "B stopped, streamed: $(tail -c 500 "$work/sse")"; fi
 post "$work/a.sock" /v1/chat/completions "$work/peer.json"
-[ "$code" = 200 ] && [ "$(json "$work/body" 'd["outpost"]["route"]+"/"+d["outpost"]["reason"]')" = local/peer_unreachable ] \
-  && ok "B stopped: a request for the peer is answered by A (peer_unreachable)" \
+# (Tried and failed: outpost.remote has the error; or the policy already
+# knew from the prober that the peer is down and never tried: no remote.)
+[ "$code" = 200 ] && [ "$(json "$work/body" 'd["outpost"]["route"]+"/"+d["outpost"]["reason"]+"/"+str("remote" not in d["outpost"] or (d["outpost"]["remote"]["target"]=="peer" and len(d["outpost"]["remote"]["error"])>0))')" = local/peer_unreachable/True ] \
+  && ok "B stopped: a request for the peer is answered by A (peer_unreachable$(json "$work/body" '", tried: "+d["outpost"]["remote"]["error"] if "remote" in d["outpost"] else ", known down"'))" \
   || bad "peer stopped: $code $(cat "$work/body")"
 curl -s --unix-socket "$work/a.sock" http://localhost/metrics >"$work/metrics"
-grep -q '^outpost_remote_up{target="cloud"} 0' "$work/metrics" && ok "/metrics: the cloud is down" \
-  || bad "metrics after stop: $(grep remote_up "$work/metrics")"
+fb=$(awk '/^outpost_remote_calls_total\{target="cloud",result="(fallback|refused)"\}/ { n += $2 } END { print n + 0 }' "$work/metrics")
+grep -q '^outpost_remote_up{target="cloud"} 0' "$work/metrics" && [ "${fb:-0}" -ge 2 ] \
+  && grep -q '^outpost_remote_calls_total{target="cloud",result="failed"} [1-9]' "$work/metrics" \
+  && ok "/metrics: the cloud is down, its failed call and $fb local fallbacks counted" \
+  || bad "metrics after stop: $(grep -E 'remote_(up|calls)' "$work/metrics")"
 
 stop "$pid_a"
 [ $? = 0 ] && ok "A stops cleanly (remote pools drained, plugins unloaded)" || bad "A exit status"
-pids=()
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

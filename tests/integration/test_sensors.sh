@@ -7,26 +7,10 @@
 # disappears becomes nil in Lua and leaves /metrics. A root that does not
 # exist leaves every fact unknown and the agent serving.
 # Needs curl and python3.
-set -uo pipefail
-bin=${OUTPOST_BIN:?}
-shared=${OUTPOST_SHARED:?}
-build=${OUTPOST_BUILD:?}
-model=$shared/models/stories260K.gguf
-work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+need curl python3
 root=$work/root
 sock=$work/s.sock
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-for tool in curl python3; do
-  command -v $tool >/dev/null || { echo "SKIP: $tool is not installed"; exit 77; }
-done
 [ -f "$build/plugins/sensor-linux.so" ] || { echo "FAIL: $build/plugins/sensor-linux.so is not built"; exit 1; }
 
 # put REL TEXT: write a file of the fake tree (parents created).
@@ -55,23 +39,13 @@ end
 EOF
 
 start_agent() { # sysfs root
-  OUTPOST_SYSFS_ROOT=$1 "$bin" serve -m "$model" --socket "$sock" --state-dir "$work/state" \
+  : >"$work/log"
+  OUTPOST_SYSFS_ROOT=$1 agent_start "$work/log" "$sock" --state-dir "$work/state" \
     --policy "$work/policy.lua" --plugin-dir "$build/plugins" \
-    --set plugins.enabled=sensor-linux --set sensors.interval_s=1 >"$work/log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/health)" = 200 ] && return 0
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "agent did not become ready:"; cat "$work/log"; exit 1
+    --set plugins.enabled=sensor-linux --set sensors.interval_s=1
+  pid=$agent_pid
 }
-stop_agent() {
-  kill -TERM "$pid"
-  wait "$pid"
-  rc=$?
-  pid=""
-}
+stop_agent() { agent_stop "$pid"; pid=""; }
 # The reason of one routing decision.
 reason() {
   curl -s --unix-socket "$sock" http://localhost/v1/chat/completions -H 'Content-Type: application/json' \
@@ -146,5 +120,4 @@ if grep -q '^outpost_up 1' "$work/m" && ! grep -qE '^outpost_(battery_percent|on
 else bad "/metrics without facts: $(grep -E 'outpost_up|battery|on_ac|temperature|pressure' "$work/m")"; fi
 stop_agent
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

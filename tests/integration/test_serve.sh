@@ -5,32 +5,14 @@
 # client commands, queue limits, cancellation on disconnect, SIGHUP, a
 # draining SIGTERM, and the telemetry rows left in SQLite.
 # Needs curl, python3 (JSON checks) and sqlite3.
-set -uo pipefail
-bin=${OUTPOST_BIN:?}
-shared=${OUTPOST_SHARED:?}
-src=$(cd "$(dirname "$0")/../.." && pwd)
-model=$shared/models/stories260K.gguf
-work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+need curl python3 sqlite3
 policy=$work/policy.lua
 cp "$src/lua/default.lua" "$policy"
 sock=$work/s.sock
 state=$work/state
 pid=""
-cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-  for p in $(jobs -p); do kill -KILL "$p" 2>/dev/null; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-for tool in curl python3 sqlite3; do
-  command -v $tool >/dev/null || { echo "SKIP: $tool is not installed"; exit 77; }
-done
 
-# json FILE EXPR: evaluate a Python expression over the JSON document `d`.
-json() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null; }
 # req METHOD PATH [BODY] -> body in $work/body, status in $code.
 req() {
   local m=$1 p=$2
@@ -38,25 +20,13 @@ req() {
   code=$(curl -s -o "$work/body" -w '%{http_code}' --unix-socket "$sock" -X "$m" \
     -H 'Content-Type: application/json' "http://localhost$p" "$@")
 }
-# A free loopback port: bound by the kernel's choice, then released for the agent.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 start_agent() { # extra flags...
-  OUTPOST_API_KEY=sekrit "$bin" serve -m "$model" --socket "$sock" --state-dir "$state" \
-    --policy "$policy" --lua-dir "$src/lua" --listen "127.0.0.1:$port" "$@" >"$work/log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/health)" = 200 ] && return 0
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "agent did not become ready:"; cat "$work/log"; exit 1
+  OUTPOST_API_KEY=sekrit agent_start "$work/log" "$sock" --state-dir "$state" \
+    --policy "$policy" --lua-dir "$src/lua" --listen "127.0.0.1:$port" "$@"
+  pid=$agent_pid
 }
-stop_agent() {
-  kill -TERM "$pid"
-  wait "$pid"
-  rc=$?
-  pid=""
-}
+stop_agent() { agent_stop "$pid"; pid=""; }
 
 # A stand-in for systemd's notification socket, recording what the agent says.
 python3 -c '
@@ -265,6 +235,20 @@ out=$("$bin" chat --socket "$sock" -n 12 --temp 0 "Tell me a story" 2>"$work/err
 "$bin" status --socket "$sock" >"$work/out" 2>&1 && grep -q "ready" "$work/out" && grep -q stories260K "$work/out" \
   && ok "outpost status" || bad "outpost status: $(cat "$work/out")"
 "$bin" policy reload --socket "$sock" >"$work/out" 2>&1 && ok "outpost policy reload" || bad "policy reload: $(cat "$work/out")"
+# The client commands' HTTP (libcurl) is a module they load; the daemon,
+# the same binary, never maps libcurl, nor the backend plugin (no peer or
+# cloud is configured here).
+if ! grep -qE 'libcurl|backend-openai' "/proc/$pid/maps" && grep -q 'sensor-linux' "/proc/$pid/maps"; then
+  ok "the daemon maps neither libcurl nor backend-openai (the client commands load outpost-client.so)"
+else bad "the daemon maps: $(grep -oE '[^ /]*(curl|backend|sensor)[^ ]*' "/proc/$pid/maps" | sort -u | tr '\n' ' ')"; fi
+# A copy outside the build tree looks for the installed module: without
+# it, one line naming it and exit 1 (no crash).
+cp "$bin" "$work/outpost-copy"
+if [ ! -e "$(strings "$bin" | grep -m1 '/outpost/outpost-client\.so$')" ]; then
+  "$work/outpost-copy" status --socket "$sock" >/dev/null 2>"$work/err"
+  [ $? -eq 1 ] && [ "$(wc -l <"$work/err")" = 1 ] && grep -q "cannot load the client module: .*outpost-client.so" "$work/err" \
+    && ok "without its client module the binary says so in one line, exit 1" || bad "no module: $(cat "$work/err")"
+fi
 "$bin" chat --socket "$work/none.sock" hi >/dev/null 2>"$work/err"
 [ $? -eq 1 ] && grep -q "cannot reach the agent" "$work/err" && ok "chat without an agent: one line, exit 1" || bad "chat without agent: $(cat "$work/err")"
 
@@ -355,7 +339,12 @@ req GET /v1/models
 curl -s -o "$work/drain" -w '%{http_code}' --unix-socket "$sock" http://localhost/v1/completions \
   -d '{"prompt":"Once","max_tokens":400,"temperature":0}' >"$work/drain_code" &
 cpid=$!
-sleep 0.1
+# SIGTERM only once the request is in flight (a loaded machine may take a
+# while to start curl).
+for _ in $(seq 1 100); do
+  [ "$(metric "$sock" outpost_in_flight_requests)" -ge 1 ] 2>/dev/null && break
+  sleep 0.05
+done
 stop_agent
 wait $cpid
 if [ $rc -eq 0 ] && [ "$(cat "$work/drain_code")" = 200 ] && [ "$(json "$work/drain" 'd["usage"]["completion_tokens"]')" = 400 ] && [ ! -e "$sock" ]; then
@@ -382,5 +371,4 @@ if grep -qE "runtime error|AddressSanitizer|LeakSanitizer|ThreadSanitizer" "$wor
   bad "the agent's log has sanitizer reports:"; cat "$work/log"
 else ok "no sanitizer reports in the agent's log"; fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

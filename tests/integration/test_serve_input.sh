@@ -8,51 +8,21 @@
 # Each gets its documented error or fallback, the agent stays up, and the
 # SQLite rows written before are intact afterwards.
 # Needs curl, python3 and sqlite3.
-set -uo pipefail
-bin=${OUTPOST_BIN:?}
-src=$(cd "$(dirname "$0")/../.." && pwd)
-shared=${OUTPOST_SHARED:-$src/../shared}
-model=$shared/models/stories260K.gguf
-work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+need --fail curl python3 sqlite3
 policy=$work/policy.lua
 cp "$src/lua/default.lua" "$policy"
 sock=$work/s.sock
 state=$work/state
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-  for p in $(jobs -p); do kill -KILL "$p" 2>/dev/null; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-for tool in curl python3 sqlite3; do
-  command -v $tool >/dev/null || { echo "FAIL: $tool is not installed"; echo "0 passed, 1 failed"; exit 1; }
-done
-
-json() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null; }
 req() { # METHOD PATH [curl args...] -> body in $work/body, status in $code
   local m=$1 p=$2
   shift 2
   code=$(curl -s -o "$work/body" -w '%{http_code}' --unix-socket "$sock" -X "$m" \
     -H 'Content-Type: application/json' "http://localhost$p" "$@")
 }
-metric() { # NAME{labels} -> value, or 0
-  curl -s --unix-socket "$sock" http://localhost/metrics | awk -v k="$1" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }'
-}
-health() { curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/health; }
 
-"$bin" serve -m "$model" --socket "$sock" --state-dir "$state" --policy "$policy" \
-  --lua-dir "$src/lua" >"$work/log" 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do
-  [ "$(health)" = 200 ] && break
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.1
-done
-[ "$(health)" = 200 ] || { echo "FAIL: the agent did not become ready"; cat "$work/log"; exit 1; }
+agent_start "$work/log" "$sock" --state-dir "$state" --policy "$policy" --lua-dir "$src/lua"
+pid=$agent_pid
 
 # ---- 1. Two turns in flight on one session -------------------------------------
 req POST /v1/sessions -d '{}'
@@ -208,11 +178,11 @@ policy_case() { # WHAT LUA
   printf '%s\n' "$2" >"$policy"
   "$bin" policy reload --socket "$sock" >"$work/reload" 2>&1 || { bad "$1: reload refused: $(cat "$work/reload")"; return; }
   local before after
-  before=$(metric outpost_policy_errors_total)
+  before=$(metric "$sock" outpost_policy_errors_total)
   req POST /v1/chat/completions -d '{"messages":[{"role":"user","content":"hello"}],"max_tokens":4}'
-  after=$(metric outpost_policy_errors_total)
+  after=$(metric "$sock" outpost_policy_errors_total)
   if [ "$code" = 200 ] && [ "$(json "$work/body" 'd["outpost"]["route"] + " " + d["outpost"]["reason"]')" = "local policy_error" ] &&
-     [ "$after" -eq $((before + 1)) ] && [ "$(health)" = 200 ]; then
+     [ "$after" -eq $((before + 1)) ] && [ "$(health "$sock")" = 200 ]; then
     ok "$1: answered locally, reason policy_error, counted ($after), agent healthy"
   else bad "$1: $code $(head -c 300 "$work/body"), errors $before -> $after"; fi
 }
@@ -238,10 +208,7 @@ cp "$src/lua/default.lua" "$policy"
 req GET "/v1/sessions/$sid"
 [ "$code" = 200 ] && [ "$(json "$work/body" 'len(d["data"])')" = "$n_msg_before" ] \
   && ok "the session still has its $n_msg_before messages" || bad "session after the sweep: $code $(head -c 200 "$work/body")"
-kill -TERM "$pid"
-wait "$pid"
-rc=$?
-pid=""
+agent_stop "$pid"
 [ $rc -eq 0 ] && ok "the agent exits 0 on SIGTERM after the sweep" || bad "exit status $rc"
 db=$state/outpost.db
 integrity=$(sqlite3 "$db" "pragma integrity_check")
@@ -256,5 +223,4 @@ if grep -qE "runtime error|AddressSanitizer|LeakSanitizer" "$work/log"; then
   bad "sanitizer reports in the agent's log:"; cat "$work/log"
 else ok "no sanitizer reports in the agent's log"; fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

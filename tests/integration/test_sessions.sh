@@ -7,51 +7,31 @@
 # another uid can neither read nor resume the session; a corrupted file costs
 # a full prefill and one log line naming it; DELETE removes the file; the
 # disk budget evicts the least recently used state; a budget of 0 removes
-# old files at start and writes none.
+# old files at start and writes none. /metrics counts the saves, restores,
+# refused restores and evictions, and shows the sessions and bytes on disk
+# as SQLite records them.
 # Needs curl, python3 (JSON checks) and sqlite3.
-set -uo pipefail
-bin=${OUTPOST_BIN:?}
-shared=${OUTPOST_SHARED:?}
-src=$(cd "$(dirname "$0")/../.." && pwd)
-model=$shared/models/stories260K.gguf
-work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+need curl python3 sqlite3
 policy=$work/policy.lua
 cp "$src/lua/default.lua" "$policy"
 sock=$work/s.sock
 state=$work/state
 kvdir=$state/kv
 db=$state/outpost.db
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-for tool in curl python3 sqlite3; do
-  command -v $tool >/dev/null || { echo "SKIP: $tool is not installed"; exit 77; }
-done
-
-json() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null; }
 start_agent() { # extra flags...
-  "$bin" serve -m "$model" --socket "$sock" --state-dir "$state" --policy "$policy" \
-    --lua-dir "$src/lua" "$@" >>"$work/log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/health)" = 200 ] && return 0
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "agent did not become ready:"; cat "$work/log"; exit 1
+  agent_start "$work/log" "$sock" --state-dir "$state" --policy "$policy" --lua-dir "$src/lua" "$@"
+  pid=$agent_pid
 }
-stop_agent() {
-  kill -TERM "$pid"
-  wait "$pid"
-  rc=$?
-  pid=""
+stop_agent() { agent_stop "$pid"; pid=""; }
+# kv_metrics: saves restores failures evictions sessions bytes, from /metrics.
+kv_metrics() {
+  local m='{model="stories260K"}'
+  echo "$(metric "$sock" "outpost_kv_saves_total$m") $(metric "$sock" "outpost_kv_restores_total$m")" \
+    "$(metric "$sock" "outpost_kv_restore_failures_total$m") $(metric "$sock" "outpost_kv_evictions_total$m")" \
+    "$(metric "$sock" outpost_kv_saved_sessions) $(metric "$sock" outpost_kv_disk_bytes)"
 }
+kv_sql() { sqlite3 "$db" "select count(*) || ' ' || coalesce(sum(kv_bytes),0) from sessions where kv_path is not null"; }
 # turn SESSION TEXT [MAX_TOKENS]: one chat turn; sets code, sid, prompt, cached.
 turn() {
   local body
@@ -96,6 +76,11 @@ c3=$cached p3=$prompt
 if [ "$code" = 200 ] && [ "${c3:-0}" -ge "$p2" ]; then
   ok "turn 3 after another session reuses $c3 tokens from disk (turn 2 prompt: $p2)"
 else bad "turn 3: code $code cached '$c3', turn 2 prompt $p2"; fi
+read -r m_save m_rest m_fail m_evict m_sess m_bytes <<<"$(kv_metrics)"
+if [ "$m_save" -ge 1 ] && [ "$m_rest" -ge 1 ] && [ "$m_fail" = 0 ] && [ "$m_evict" = 0 ] \
+   && [ "$m_sess $m_bytes" = "$(kv_sql)" ] && [ "$m_bytes" -gt 0 ]; then
+  ok "/metrics: $m_save saves, $m_rest restores, $m_sess sessions / $m_bytes bytes on disk (as in SQLite)"
+else bad "kv metrics after turn 3: '$m_save $m_rest $m_fail $m_evict $m_sess $m_bytes', SQLite '$(kv_sql)'"; fi
 
 # 4. A restart: SIGTERM saves the live session, turn 4 restores it.
 stop_agent
@@ -143,6 +128,10 @@ lines=$(grep "$kvdir/$S.kv" "$work/log" | tail -n +$((before + 1)))
 if [ "$code" = 200 ] && [ "${cached:-99999}" -lt "$p3" ] && [ "$(wc -l <<<"$lines")" = 1 ] && grep -q "checksum" <<<"$lines" && [ ! -e "$kvdir/$S.kv" ]; then
   ok "a corrupted state: 200 with a full prefill (cached $cached), one log line naming the file, file removed"
 else bad "corrupted state: code $code cached '$cached', log [$lines]"; fi
+read -r m_save m_rest m_fail m_evict m_sess m_bytes <<<"$(kv_metrics)"
+[ "$m_fail" = 1 ] && [ "$m_sess $m_bytes" = "$(kv_sql)" ] \
+  && ok "/metrics counts the refused restore (outpost_kv_restore_failures_total 1)" \
+  || bad "kv metrics after the corrupted state: '$m_save $m_rest $m_fail $m_evict $m_sess $m_bytes'"
 
 # 7. DELETE removes the session's file.
 plain # saves S
@@ -168,6 +157,10 @@ if [ ! -e "$kvdir/${L[0]}.kv" ] && [ -e "$kvdir/${L[1]}.kv" ] && [ -e "$kvdir/${
    && [ -z "$(kv_row "${L[0]}" | cut -d' ' -f1)" ] && [ "$total" -le 1048576 ]; then
   ok "the 1 MiB budget evicted the least recently used state ($total bytes kept)"
 else bad "LRU: files $(ls "$kvdir" | tr '\n' ' '), total $total"; fi
+read -r m_save m_rest m_fail m_evict m_sess m_bytes <<<"$(kv_metrics)"
+[ "$m_evict" -ge 1 ] && [ "$m_bytes" = "$total" ] && [ "$m_sess $m_bytes" = "$(kv_sql)" ] \
+  && ok "/metrics: $m_evict eviction(s), $m_bytes bytes on disk after them" \
+  || bad "kv metrics after LRU: '$m_save $m_rest $m_fail $m_evict $m_sess $m_bytes', total $total"
 turn "${L[0]}" "What happened next?" 8
 [ "$code" = 200 ] && [ "${cached:-0}" -lt 100 ] && ok "the evicted session prefills again (cached $cached)" || bad "evicted session: $code cached '$cached'"
 
@@ -188,5 +181,4 @@ if grep -qE "runtime error|AddressSanitizer|LeakSanitizer" "$work/log"; then
   bad "the agent's log has sanitizer reports:"; cat "$work/log"
 else ok "no sanitizer reports in the agent's log"; fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

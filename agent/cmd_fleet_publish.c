@@ -1,0 +1,623 @@
+/*
+ * cmd_fleet_publish.c - `outpost fleet publish` and `outpost fleet adapter`:
+ * the operator's side of an OTA update (agent/fleet_ota.h is the device's).
+ *
+ * publish: the payload is the new model (or, with --base, a tensor-aware
+ * delta from the base to it, ota/delta.h, written to a temporary file); a
+ * manifest (ota/manifest.h) names the version, target, payload and its
+ * chunks' hashes and the health check; it is signed with the fleet key
+ * (minisign) and travels in the args of a signed model.offer command. Then
+ * every chunk goes at QoS 1 to <prefix>/<device>/ota (or the group's), in
+ * the binary format of ota/transfer.h, and the command waits for the
+ * device's one /resp reply, which comes after the install (or its
+ * refusal), and prints it. adapter: the same with a GGUF LoRA adapter sent
+ * whole as adapter.set with its round.
+ *
+ * The MQTT client is a short-lived Paho asynchronous client with a clean
+ * session, subscribed to /resp before anything is sent (replies are not
+ * retained). Waiting is on one mutex and condition variable filled by
+ * Paho's callbacks. The seq is the current Unix time in milliseconds (or
+ * --seq), so it rises across publishes from one machine.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <MQTTAsync.h>
+
+#include "cli.h"
+#include "delta.h"
+#include "fleet_cmd.h"
+#include "install.h"
+#include "manifest.h"
+#include "ota_sign.h"
+#include "transfer.h"
+
+static const char *const cmd = "fleet";
+
+static const char publish_usage[] =
+    "usage: outpost fleet publish --broker URL (--device ID | --group G) -s SECKEY\n"
+    "                             --version N --model NEW.gguf [--base OLD.gguf]\n"
+    "                             [options]\n"
+    "       outpost fleet adapter --broker URL (--device ID | --group G) -s SECKEY\n"
+    "                             --round N [options] ADAPTER.gguf\n"
+    "\n"
+    "publish offers a model update: the whole NEW.gguf, or with --base a delta from\n"
+    "OLD.gguf (the model the device serves) to NEW.gguf. adapter offers a LoRA\n"
+    "adapter for the device's model. The signed manifest rides in a signed command\n"
+    "(model.offer / adapter.set); the file follows in chunks on the /ota topic;\n"
+    "the device's reply (after it installed, or refused) is printed on stdout.\n"
+    "\n"
+    "  --broker URL        mqtt://host:port or mqtts://host:port\n"
+    "  --device ID | --group G   the target\n"
+    "  -s, --seckey FILE   the fleet's minisign secret key (encrypted: password in\n"
+    "                      OUTPOST_OTA_PASSWORD)\n"
+    "  --prefix P          topic prefix (default outpost/v1)\n"
+    "  --ca FILE, --cert FILE, --key FILE   TLS files for mqtts\n"
+    "  --chunk-size BYTES  chunk size (default 256 KiB)\n"
+    "  --probe TEXT        health check prompt (default: the device's)\n"
+    "  --expect TEXT       the probe's answer must contain TEXT\n"
+    "  --max-ppl X         the probe text's perplexity must be at most X\n"
+    "  --timeout SEC       how long to wait for the reply (default 600)\n"
+    "  --seq N             the command's sequence number (default: Unix time in ms)\n"
+    "  --corrupt-chunk I   flip one byte of chunk I (to test a device's refusal)\n"
+    "\n"
+    "Exit status: 0 the device replied ok, 1 it refused or failed, no reply in time,\n"
+    "or the broker or a file failed, 2 usage error.\n";
+
+/* ---- a small MQTT client --------------------------------------------------------- */
+
+typedef struct pub_mqtt {
+    MQTTAsync client;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int connect_rc, sub_rc, pub_rc; /* 0 pending, 1 ok, -1 failed */
+    uint64_t seq;
+    char *reply;                    /* the /resp message with our seq */
+    int accepted;                   /* status names our offer's transfer (1) */
+} pub_mqtt;
+
+static void set_rc(pub_mqtt *m, int *field, int v)
+{
+    pthread_mutex_lock(&m->mu);
+    *field = v;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void on_conn_ok(void *ctx, MQTTAsync_successData *d)
+{
+    (void)d;
+    pub_mqtt *m = ctx;
+    set_rc(m, &m->connect_rc, 1);
+}
+
+static void on_conn_fail(void *ctx, MQTTAsync_failureData *d)
+{
+    (void)d;
+    pub_mqtt *m = ctx;
+    set_rc(m, &m->connect_rc, -1);
+}
+
+static void on_sub_ok(void *ctx, MQTTAsync_successData *d)
+{
+    (void)d;
+    pub_mqtt *m = ctx;
+    set_rc(m, &m->sub_rc, 1);
+}
+
+static void on_sub_fail(void *ctx, MQTTAsync_failureData *d)
+{
+    (void)d;
+    pub_mqtt *m = ctx;
+    set_rc(m, &m->sub_rc, -1);
+}
+
+static void on_pub_ok(void *ctx, MQTTAsync_successData *d)
+{
+    (void)d;
+    pub_mqtt *m = ctx;
+    set_rc(m, &m->pub_rc, 1);
+}
+
+static void on_pub_fail(void *ctx, MQTTAsync_failureData *d)
+{
+    (void)d;
+    pub_mqtt *m = ctx;
+    set_rc(m, &m->pub_rc, -1);
+}
+
+static int on_msg(void *ctx, char *topic, int topic_len, MQTTAsync_message *msg)
+{
+    (void)topic_len;
+    pub_mqtt *m = ctx;
+    json_t *o = json_loadb(msg->payload, (size_t)msg->payloadlen, 0, NULL);
+    size_t tl = strlen(topic);
+    if (tl > 7 && !strcmp(topic + tl - 7, "/status")) {
+        json_t *ota_seq = json_object_get(json_object_get(o, "ota"), "seq");
+        if (json_is_integer(ota_seq) && (uint64_t)json_integer_value(ota_seq) == m->seq)
+            set_rc(m, &m->accepted, 1);
+        json_decref(o);
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+        return 1;
+    }
+    json_t *seq = json_object_get(o, "seq");
+    if (json_is_integer(seq) && (uint64_t)json_integer_value(seq) == m->seq) {
+        char *text = malloc((size_t)msg->payloadlen + 1);
+        if (text) {
+            memcpy(text, msg->payload, (size_t)msg->payloadlen);
+            text[msg->payloadlen] = '\0';
+            pthread_mutex_lock(&m->mu);
+            if (!m->reply)
+                m->reply = text;
+            else
+                free(text);
+            pthread_cond_broadcast(&m->cv);
+            pthread_mutex_unlock(&m->mu);
+        }
+    }
+    json_decref(o);
+    MQTTAsync_freeMessage(&msg);
+    MQTTAsync_free(topic);
+    return 1;
+}
+
+static void on_lost(void *ctx, char *cause)
+{
+    (void)cause;
+    pub_mqtt *m = ctx;
+    set_rc(m, &m->connect_rc, -1);
+}
+
+/* Wait until *field (or the reply when field is NULL) is set, or deadline. */
+static int wait_for(pub_mqtt *m, int *field, double deadline)
+{
+    pthread_mutex_lock(&m->mu);
+    while ((field ? *field == 0 : m->reply == NULL) && cli_now() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&m->cv, &m->mu, &ts);
+    }
+    int v = field ? *field : m->reply != NULL;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+typedef struct pub_opts {
+    const char *broker, *device, *group, *seckey, *prefix, *ca, *cert, *key;
+    const char *model, *base, *probe, *expect;
+    long version, chunk_size, timeout_s, corrupt_chunk;
+    double max_ppl;
+    uint64_t seq;
+} pub_opts;
+
+static int mqtt_connect(pub_mqtt *m, const pub_opts *o, char err[256])
+{
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
+    const char *rest = NULL, *scheme = NULL;
+    if (!strncmp(o->broker, "mqtt://", 7))
+        rest = o->broker + 7, scheme = "tcp";
+    else if (!strncmp(o->broker, "mqtts://", 8))
+        rest = o->broker + 8, scheme = "ssl";
+    if (!rest || !strchr(rest, ':') || strchr(rest, '/')) {
+        snprintf(err, 256, "--broker: '%s' is not mqtt://host:port or mqtts://host:port",
+                 o->broker);
+        return CLI_USAGE;
+    }
+    char url[512], id[40];
+    snprintf(url, sizeof url, "%s://%s", scheme, rest);
+    uint8_t rnd[6];
+    randombytes_buf(rnd, sizeof rnd);
+    snprintf(id, sizeof id, "outpost-pub-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
+             rnd[3], rnd[4], rnd[5]);
+    int rc = MQTTAsync_create(&m->client, url, id, MQTTCLIENT_PERSISTENCE_NONE, NULL);
+    if (rc != MQTTASYNC_SUCCESS) {
+        m->client = NULL;
+        snprintf(err, 256, "%s: %s", o->broker, MQTTAsync_strerror(rc));
+        return CLI_FAIL;
+    }
+    MQTTAsync_setCallbacks(m->client, m, on_lost, on_msg, NULL);
+    MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer;
+    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    co.context = m;
+    co.keepAliveInterval = 30;
+    co.cleansession = 1;
+    co.connectTimeout = 10;
+    co.onSuccess = on_conn_ok;
+    co.onFailure = on_conn_fail;
+    co.password = getenv("OUTPOST_MQTT_PASSWORD");
+    if (!strcmp(scheme, "ssl")) {
+        ssl.trustStore = o->ca;
+        ssl.keyStore = o->cert;
+        ssl.privateKey = o->key;
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = 1;
+        co.ssl = &ssl;
+    }
+    if ((rc = MQTTAsync_connect(m->client, &co)) != MQTTASYNC_SUCCESS ||
+        wait_for(m, &m->connect_rc, cli_now() + 12) != 1) {
+        snprintf(err, 256, "%s: cannot connect", o->broker);
+        return CLI_FAIL;
+    }
+    return CLI_OK;
+}
+
+static int mqtt_send(pub_mqtt *m, const char *topic, const void *data, size_t len, char err[256])
+{
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.context = m;
+    ro.onSuccess = on_pub_ok;
+    ro.onFailure = on_pub_fail;
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
+    msg.payload = (void *)data;
+    msg.payloadlen = (int)len;
+    msg.qos = 1;
+    m->pub_rc = 0;
+    int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
+    if (rc != MQTTASYNC_SUCCESS || wait_for(m, &m->pub_rc, cli_now() + 30) != 1) {
+        snprintf(err, 256, "publish to %s: %s", topic,
+                 rc != MQTTASYNC_SUCCESS ? MQTTAsync_strerror(rc) : "not acknowledged in time");
+        return CLI_FAIL;
+    }
+    return CLI_OK;
+}
+
+static void mqtt_done(pub_mqtt *m)
+{
+    if (m->client) {
+        if (MQTTAsync_isConnected(m->client)) {
+            MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+            d.timeout = 1000;
+            MQTTAsync_disconnect(m->client, &d);
+            for (int i = 0; i < 100 && MQTTAsync_isConnected(m->client); i++)
+                usleep(10000);
+        }
+        MQTTAsync_destroy(&m->client);
+    }
+    free(m->reply);
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
+}
+
+/* ---- the update ---------------------------------------------------------------------- */
+
+/* Send the offer (name: model.offer / adapter.set) and the payload's chunks,
+ * print the reply. */
+static int send_update(const pub_opts *o, const char *name, const char *payload_path,
+                       const ota_manifest *mf, long round)
+{
+    char err[256];
+    int status = CLI_FAIL;
+    ota_seckey sk;
+    if (ota_seckey_load(o->seckey, getenv("OUTPOST_OTA_PASSWORD"), &sk, err)) {
+        cli_error(cmd, "%s", err);
+        return CLI_FAIL;
+    }
+    char *mtext = ota_manifest_format(mf), *sigtext = NULL, *payload = NULL, *envelope = NULL;
+    ota_sig sig;
+    json_t *args = NULL;
+    uint8_t *buf = NULL;
+    FILE *in = NULL;
+    pub_mqtt m = {0};
+    if (!mtext || ota_sign_buffer(&sk, mtext, strlen(mtext), OTA_SIG_PREHASHED, NULL, NULL, &sig,
+                                  err) || !(sigtext = ota_sig_format(&sig))) {
+        cli_error(cmd, "manifest: %s", mtext ? err : "out of memory");
+        goto out;
+    }
+    args = json_pack("{s:s, s:s}", "manifest", mtext, "manifest_sig", sigtext);
+    if (args && round > 0)
+        json_object_set_new(args, "round", json_integer(round));
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    uint64_t seq = o->seq ? o->seq
+                          : (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    const char *target = o->device ? o->device : o->group;
+    if (!args ||
+        fleet_payload_build(o->device ? FLEET_TARGET_DEVICE : FLEET_TARGET_GROUP, target, seq,
+                            (int64_t)time(NULL) + 600, name, args, &payload, err) ||
+        fleet_cmd_seal(&sk, payload, strlen(payload), NULL, &envelope, err)) {
+        cli_error(cmd, "%s: %s", name, args ? err : "out of memory");
+        goto out;
+    }
+    const char *prefix = o->prefix ? o->prefix : "outpost/v1";
+    char t_cmd[512], t_ota[512], t_resp[512], t_status[512];
+    snprintf(t_status, sizeof t_status, "%s/%s/status", prefix, o->device ? o->device : "+");
+    if (o->device) {
+        snprintf(t_cmd, sizeof t_cmd, "%s/%s/cmd", prefix, o->device);
+        snprintf(t_ota, sizeof t_ota, "%s/%s/ota", prefix, o->device);
+        snprintf(t_resp, sizeof t_resp, "%s/%s/resp", prefix, o->device);
+    } else {
+        snprintf(t_cmd, sizeof t_cmd, "%s/group/%s/cmd", prefix, o->group);
+        snprintf(t_ota, sizeof t_ota, "%s/group/%s/ota", prefix, o->group);
+        snprintf(t_resp, sizeof t_resp, "%s/+/resp", prefix);
+    }
+    m.seq = seq;
+    int rc = mqtt_connect(&m, o, err);
+    if (rc) {
+        cli_error(cmd, "%s", err);
+        status = rc;
+        goto out;
+    }
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.context = &m;
+    ro.onSuccess = on_sub_ok;
+    ro.onFailure = on_sub_fail;
+    const char *topics[2] = {t_resp, t_status};
+    for (int k = 0; k < 2; k++) {
+        m.sub_rc = 0;
+        if (MQTTAsync_subscribe(m.client, topics[k], 1, &ro) != MQTTASYNC_SUCCESS ||
+            wait_for(&m, &m.sub_rc, cli_now() + 10) != 1) {
+            cli_error(cmd, "subscribe to %s failed", topics[k]);
+            goto out;
+        }
+    }
+    if (mqtt_send(&m, t_cmd, envelope, strlen(envelope), err)) {
+        cli_error(cmd, "%s", err);
+        goto out;
+    }
+    /* The chunks go once the device's status names this offer (it took it),
+     * so none races ahead of the offer; a refusal replies at once. A group
+     * gets them once any member took it (or after the wait). */
+    double accept_deadline = cli_now() + 30;
+    while (cli_now() < accept_deadline) {
+        pthread_mutex_lock(&m.mu);
+        bool done = m.accepted || m.reply;
+        pthread_mutex_unlock(&m.mu);
+        if (done)
+            break;
+        wait_for(&m, &m.accepted, cli_now() + 0.2);
+    }
+    pthread_mutex_lock(&m.mu);
+    bool refused = m.reply != NULL;
+    pthread_mutex_unlock(&m.mu);
+    /* The chunks, in order; the device stores each before acknowledging. */
+    double t0 = cli_now();
+    in = fopen(payload_path, "rb");
+    buf = malloc(mf->chunk_size);
+    if (!in || !buf) {
+        cli_error(cmd, "%s: cannot read", payload_path);
+        goto out;
+    }
+    uint8_t id[OTA_XFER_ID_BYTES];
+    memcpy(id, mf->payload_hash, OTA_XFER_ID_BYTES);
+    for (uint32_t i = 0; i < mf->n_chunks && !refused; i++) {
+        size_t n = fread(buf, 1, mf->chunk_size, in);
+        if (n == 0) {
+            cli_error(cmd, "%s: ends before chunk %" PRIu32, payload_path, i);
+            goto out;
+        }
+        if (o->corrupt_chunk >= 0 && (long)i == o->corrupt_chunk)
+            buf[n / 2] ^= 0x5a;
+        uint8_t *msg = NULL;
+        size_t msg_len = 0;
+        if (ota_xfer_msg_build(id, i, buf, n, &msg, &msg_len, err) ||
+            mqtt_send(&m, t_ota, msg, msg_len, err)) {
+            free(msg);
+            cli_error(cmd, "chunk %" PRIu32 ": %s", i, err);
+            goto out;
+        }
+        free(msg);
+        /* A refusal (bad signature, old version, wrong base) may already be here. */
+        pthread_mutex_lock(&m.mu);
+        bool replied = m.reply != NULL;
+        pthread_mutex_unlock(&m.mu);
+        if (replied)
+            break;
+    }
+    fprintf(stderr, "outpost fleet: %s seq %" PRIu64 ": %" PRIu64 " bytes in %" PRIu32
+            " chunks sent in %.1f s; waiting for the reply\n", name, seq, mf->payload_size,
+            mf->n_chunks, cli_now() - t0);
+    if (!wait_for(&m, NULL, cli_now() + (double)o->timeout_s)) {
+        cli_error(cmd, "no reply to %s seq %" PRIu64 " within %ld s", name, seq, o->timeout_s);
+        goto out;
+    }
+    printf("%s\n", m.reply);
+    fflush(stdout);
+    json_t *r = json_loads(m.reply, 0, NULL);
+    status = json_is_true(json_object_get(r, "ok")) ? CLI_OK : CLI_FAIL;
+    json_decref(r);
+out:
+    if (in)
+        fclose(in);
+    free(buf);
+    mqtt_done(&m);
+    ota_seckey_wipe(&sk);
+    json_decref(args);
+    free(mtext);
+    free(sigtext);
+    free(payload);
+    free(envelope);
+    return status;
+}
+
+enum { OPT_BROKER = 256, OPT_DEVICE, OPT_GROUP, OPT_PREFIX, OPT_CA, OPT_CERT, OPT_KEY,
+       OPT_VERSION, OPT_MODEL, OPT_BASE, OPT_CHUNK, OPT_PROBE, OPT_EXPECT, OPT_MAXPPL,
+       OPT_TIMEOUT, OPT_SEQ, OPT_CORRUPT, OPT_ROUND };
+
+static const struct option pub_long[] = {
+    {"broker", required_argument, NULL, OPT_BROKER},
+    {"device", required_argument, NULL, OPT_DEVICE},
+    {"group", required_argument, NULL, OPT_GROUP},
+    {"seckey", required_argument, NULL, 's'},
+    {"prefix", required_argument, NULL, OPT_PREFIX},
+    {"ca", required_argument, NULL, OPT_CA},
+    {"cert", required_argument, NULL, OPT_CERT},
+    {"key", required_argument, NULL, OPT_KEY},
+    {"version", required_argument, NULL, OPT_VERSION},
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"base", required_argument, NULL, OPT_BASE},
+    {"chunk-size", required_argument, NULL, OPT_CHUNK},
+    {"probe", required_argument, NULL, OPT_PROBE},
+    {"expect", required_argument, NULL, OPT_EXPECT},
+    {"max-ppl", required_argument, NULL, OPT_MAXPPL},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"seq", required_argument, NULL, OPT_SEQ},
+    {"corrupt-chunk", required_argument, NULL, OPT_CORRUPT},
+    {"round", required_argument, NULL, OPT_ROUND},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static int parse_pub(int argc, char **argv, pub_opts *o, long *round)
+{
+    *o = (pub_opts){.chunk_size = 0, .timeout_s = 600, .corrupt_chunk = -1};
+    *round = 0;
+    optind = 1;
+    opterr = 0;
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, ":s:h", pub_long, NULL)) != -1) {
+        switch (c) {
+        case OPT_BROKER: o->broker = optarg; break;
+        case OPT_DEVICE: o->device = optarg; break;
+        case OPT_GROUP: o->group = optarg; break;
+        case 's': o->seckey = optarg; break;
+        case OPT_PREFIX: o->prefix = optarg; break;
+        case OPT_CA: o->ca = optarg; break;
+        case OPT_CERT: o->cert = optarg; break;
+        case OPT_KEY: o->key = optarg; break;
+        case OPT_MODEL: o->model = optarg; break;
+        case OPT_BASE: o->base = optarg; break;
+        case OPT_PROBE: o->probe = optarg; break;
+        case OPT_EXPECT: o->expect = optarg; break;
+        case OPT_VERSION:
+            if (!cli_parse_long(cmd, "--version", optarg, 1, INT64_MAX / 2, &o->version))
+                return CLI_USAGE;
+            break;
+        case OPT_ROUND:
+            if (!cli_parse_long(cmd, "--round", optarg, 1, INT64_MAX / 2, round))
+                return CLI_USAGE;
+            break;
+        case OPT_CHUNK:
+            if (!cli_parse_long(cmd, "--chunk-size", optarg, OTA_XFER_CHUNK_MIN_BYTES,
+                                OTA_XFER_CHUNK_MAX_BYTES, &o->chunk_size))
+                return CLI_USAGE;
+            break;
+        case OPT_TIMEOUT:
+            if (!cli_parse_long(cmd, "--timeout", optarg, 1, 86400, &o->timeout_s))
+                return CLI_USAGE;
+            break;
+        case OPT_SEQ:
+            if (!cli_parse_long(cmd, "--seq", optarg, 1, INT64_MAX / 2, &v))
+                return CLI_USAGE;
+            o->seq = (uint64_t)v;
+            break;
+        case OPT_CORRUPT:
+            if (!cli_parse_long(cmd, "--corrupt-chunk", optarg, 0, INT32_MAX, &o->corrupt_chunk))
+                return CLI_USAGE;
+            break;
+        case OPT_MAXPPL: {
+            char *end;
+            o->max_ppl = strtod(optarg, &end);
+            if (*end || !(o->max_ppl > 0)) {
+                cli_error(cmd, "--max-ppl: expected a number above 0, got '%s'", optarg);
+                return CLI_USAGE;
+            }
+            break;
+        }
+        case 'h': fputs(publish_usage, stdout); return -1;
+        default: return cli_bad_option(cmd, argv, c);
+        }
+    }
+    if (!o->broker || !o->seckey || (!o->device == !o->group)) {
+        cli_error(cmd, "--broker, -s and one of --device or --group are required");
+        return CLI_USAGE;
+    }
+    return CLI_OK;
+}
+
+int fleet_publish_main(int argc, char **argv)
+{
+    pub_opts o;
+    long round;
+    int rc = parse_pub(argc, argv, &o, &round);
+    if (rc)
+        return rc < 0 ? CLI_OK : rc;
+    if (!o.model || !o.version || optind < argc) {
+        cli_error(cmd, "publish: --version N and --model NEW.gguf are required (and nothing "
+                       "else)");
+        return CLI_USAGE;
+    }
+    if (sodium_init() < 0) {
+        cli_error(cmd, "libsodium failed to initialise");
+        return CLI_FAIL;
+    }
+    char err[256], delta_path[64] = "";
+    const char *payload = o.model;
+    int status = CLI_FAIL;
+    ota_manifest *mf = NULL;
+    if (o.base) {
+        snprintf(delta_path, sizeof delta_path, "/tmp/outpost-delta.XXXXXX");
+        int fd = mkstemp(delta_path);
+        if (fd < 0) {
+            cli_error(cmd, "cannot create a temporary file for the delta");
+            return CLI_FAIL;
+        }
+        close(fd);
+        ota_delta_stats st;
+        double t0 = cli_now();
+        if (ota_delta_diff(o.base, o.model, delta_path, NULL, &st, err)) {
+            cli_error(cmd, "delta: %s", err);
+            goto out;
+        }
+        fprintf(stderr, "outpost fleet: delta %s -> %s: %" PRIu64 " bytes (target %" PRIu64
+                ", %.1f%%) in %.1f s\n", o.base, o.model, st.delta_bytes, st.target_bytes,
+                st.target_bytes ? 100.0 * (double)st.delta_bytes / (double)st.target_bytes : 0,
+                cli_now() - t0);
+        payload = delta_path;
+    }
+    if (ota_manifest_from_file(payload, o.base ? OTA_MANIFEST_DELTA : OTA_MANIFEST_FULL,
+                               (uint64_t)o.version, (uint32_t)o.chunk_size, &mf, err) ||
+        ((o.probe || o.expect || o.max_ppl > 0) &&
+         ota_manifest_set_health(mf, o.probe ? o.probe : "Hello", o.expect, o.max_ppl, err))) {
+        cli_error(cmd, "manifest: %s", err);
+        goto out;
+    }
+    status = send_update(&o, "model.offer", payload, mf, 0);
+out:
+    ota_manifest_free(mf);
+    if (delta_path[0])
+        unlink(delta_path);
+    return status;
+}
+
+int fleet_adapter_main(int argc, char **argv)
+{
+    pub_opts o;
+    long round;
+    int rc = parse_pub(argc, argv, &o, &round);
+    if (rc)
+        return rc < 0 ? CLI_OK : rc;
+    if (!round || optind != argc - 1 || o.model || o.base) {
+        cli_error(cmd, "adapter: --round N and one ADAPTER.gguf are required");
+        return CLI_USAGE;
+    }
+    if (sodium_init() < 0) {
+        cli_error(cmd, "libsodium failed to initialise");
+        return CLI_FAIL;
+    }
+    ota_manifest *mf = NULL;
+    char err[256];
+    if (ota_manifest_from_file(argv[optind], OTA_MANIFEST_FULL, (uint64_t)round,
+                               (uint32_t)o.chunk_size, &mf, err)) {
+        cli_error(cmd, "manifest: %s", err);
+        return CLI_FAIL;
+    }
+    int status = send_update(&o, "adapter.set", argv[optind], mf, round);
+    ota_manifest_free(mf);
+    return status;
+}
