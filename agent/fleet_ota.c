@@ -221,17 +221,37 @@ static int offer_build(offer_kind kind, uint64_t seq, const char *cmd, uint64_t 
     return 0;
 }
 
-/* Signature of the manifest text with the fleet key. */
+/* Signature of the manifest text with a key the fleet trusts now: the
+ * channel's current key or the installed next one (after key.rotate), or,
+ * before the channel is up, the --fleet-key file. The signature's key id
+ * picks the key. */
 static int offer_verify(fleet_ota *o, const offer *f, char err[256])
 {
-    if (!o->have_key) {
+    ota_pubkey keys[2];
+    size_t n_keys = 0;
+    fleet_keys fk;
+    if (o->fleet && fleet_keys_get(o->fleet, &fk) == 0) {
+        keys[n_keys++] = fk.current;
+        if (fk.has_next)
+            keys[n_keys++] = fk.next;
+    } else if (o->have_key) {
+        keys[n_keys++] = o->key;
+    }
+    if (n_keys == 0) {
         snprintf(err, 256, "manifest: no fleet key to verify it with");
         return -1;
     }
     ota_sig sig;
     char serr[256];
-    if (ota_sig_parse(f->sig, strlen(f->sig), "manifest_sig", &sig, serr) ||
-        ota_verify_buffer(&o->key, f->manifest, strlen(f->manifest), "manifest", &sig, 0, serr)) {
+    if (ota_sig_parse(f->sig, strlen(f->sig), "manifest_sig", &sig, serr)) {
+        snprintf(err, 256, "bad signature: %s", serr);
+        return -1;
+    }
+    const ota_pubkey *key = &keys[0];
+    for (size_t i = 0; i < n_keys; i++)
+        if (memcmp(keys[i].key_id, sig.key_id, OTA_KEY_ID_BYTES) == 0)
+            key = &keys[i];
+    if (ota_verify_buffer(key, f->manifest, strlen(f->manifest), "manifest", &sig, 0, serr)) {
         snprintf(err, 256, "bad signature: %s", serr);
         return -1;
     }

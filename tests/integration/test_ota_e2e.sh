@@ -164,6 +164,18 @@ failed_with "an adapter round not above the current one is refused" "not above"
 adapter --round 2 "$work/lora2.gguf"
 check "adapter round 2 replaces it" '[ $rc = 0 ] && [ "$(field "$(status)" "d[\"adapter_round\"]")" = 2 ]'
 
+# Offers follow key rotation: once key.rotate (signed by the current key)
+# installs x as the next key, an offer signed by x is accepted.
+next=$(sed -n 2p "$work/x.pub")
+reply=$("$bin" fleet cmd --broker "$MQTT_URL" --device dev1 -s "$work/k.sec" --timeout 15 \
+  --seq-file "$work/seq" "{\"cmd\":\"key.rotate\",\"args\":{\"next_key\":\"$next\"}}" 2>>"$work/cli.log")
+rc=$?
+check "key.rotate installs x as the next fleet key" '[ $rc = 0 ]'
+publish -s "$work/x.sec" --version 6 --model "$work/v2.gguf"
+check "an offer signed by the rotated-in key is applied" \
+  '[ $rc = 0 ] && [ "$(field "$reply" "d[\"result\"][\"model_version\"]")" = 6 ]'
+check "status says model_version 6" '[ "$(field "$(status)" "d[\"model_version\"]")" = 6 ]'
+
 grep -E "ota:" "$work/agent.log" | sed 's/^/# /' | tail -20
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
