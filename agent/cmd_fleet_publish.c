@@ -13,7 +13,7 @@
  * refusal), and prints it. adapter: the same with a GGUF LoRA adapter sent
  * whole as adapter.set with its round.
  *
- * The MQTT client is a short-lived Paho asynchronous client with a clean
+ * The MQTT client is agent/cli_mqtt.h (shared with `outpost fleet cmd`), with a clean
  * session, subscribed to /resp before anything is sent (replies are not
  * retained). Waiting is on one mutex and condition variable filled by
  * Paho's callbacks. The seq is the current Unix time in milliseconds (or
@@ -30,9 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <MQTTAsync.h>
-
 #include "cli.h"
+#include "cli_mqtt.h"
 #include "delta.h"
 #include "fleet_cmd.h"
 #include "install.h"
@@ -74,128 +73,6 @@ static const char publish_usage[] =
 
 /* ---- a small MQTT client --------------------------------------------------------- */
 
-typedef struct pub_mqtt {
-    MQTTAsync client;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int connect_rc, sub_rc, pub_rc; /* 0 pending, 1 ok, -1 failed */
-    uint64_t seq;
-    char *reply;                    /* the /resp message with our seq */
-    int accepted;                   /* status names our offer's transfer (1) */
-} pub_mqtt;
-
-static void set_rc(pub_mqtt *m, int *field, int v)
-{
-    pthread_mutex_lock(&m->mu);
-    *field = v;
-    pthread_cond_broadcast(&m->cv);
-    pthread_mutex_unlock(&m->mu);
-}
-
-static void on_conn_ok(void *ctx, MQTTAsync_successData *d)
-{
-    (void)d;
-    pub_mqtt *m = ctx;
-    set_rc(m, &m->connect_rc, 1);
-}
-
-static void on_conn_fail(void *ctx, MQTTAsync_failureData *d)
-{
-    (void)d;
-    pub_mqtt *m = ctx;
-    set_rc(m, &m->connect_rc, -1);
-}
-
-static void on_sub_ok(void *ctx, MQTTAsync_successData *d)
-{
-    (void)d;
-    pub_mqtt *m = ctx;
-    set_rc(m, &m->sub_rc, 1);
-}
-
-static void on_sub_fail(void *ctx, MQTTAsync_failureData *d)
-{
-    (void)d;
-    pub_mqtt *m = ctx;
-    set_rc(m, &m->sub_rc, -1);
-}
-
-static void on_pub_ok(void *ctx, MQTTAsync_successData *d)
-{
-    (void)d;
-    pub_mqtt *m = ctx;
-    set_rc(m, &m->pub_rc, 1);
-}
-
-static void on_pub_fail(void *ctx, MQTTAsync_failureData *d)
-{
-    (void)d;
-    pub_mqtt *m = ctx;
-    set_rc(m, &m->pub_rc, -1);
-}
-
-static int on_msg(void *ctx, char *topic, int topic_len, MQTTAsync_message *msg)
-{
-    (void)topic_len;
-    pub_mqtt *m = ctx;
-    json_t *o = json_loadb(msg->payload, (size_t)msg->payloadlen, 0, NULL);
-    size_t tl = strlen(topic);
-    if (tl > 7 && !strcmp(topic + tl - 7, "/status")) {
-        json_t *ota_seq = json_object_get(json_object_get(o, "ota"), "seq");
-        if (json_is_integer(ota_seq) && (uint64_t)json_integer_value(ota_seq) == m->seq)
-            set_rc(m, &m->accepted, 1);
-        json_decref(o);
-        MQTTAsync_freeMessage(&msg);
-        MQTTAsync_free(topic);
-        return 1;
-    }
-    json_t *seq = json_object_get(o, "seq");
-    if (json_is_integer(seq) && (uint64_t)json_integer_value(seq) == m->seq) {
-        char *text = malloc((size_t)msg->payloadlen + 1);
-        if (text) {
-            memcpy(text, msg->payload, (size_t)msg->payloadlen);
-            text[msg->payloadlen] = '\0';
-            pthread_mutex_lock(&m->mu);
-            if (!m->reply)
-                m->reply = text;
-            else
-                free(text);
-            pthread_cond_broadcast(&m->cv);
-            pthread_mutex_unlock(&m->mu);
-        }
-    }
-    json_decref(o);
-    MQTTAsync_freeMessage(&msg);
-    MQTTAsync_free(topic);
-    return 1;
-}
-
-static void on_lost(void *ctx, char *cause)
-{
-    (void)cause;
-    pub_mqtt *m = ctx;
-    set_rc(m, &m->connect_rc, -1);
-}
-
-/* Wait until *field (or the reply when field is NULL) is set, or deadline. */
-static int wait_for(pub_mqtt *m, int *field, double deadline)
-{
-    pthread_mutex_lock(&m->mu);
-    while ((field ? *field == 0 : m->reply == NULL) && cli_now() < deadline) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&m->cv, &m->mu, &ts);
-    }
-    int v = field ? *field : m->reply != NULL;
-    pthread_mutex_unlock(&m->mu);
-    return v;
-}
-
 typedef struct pub_opts {
     const char *broker, *device, *group, *seckey, *prefix, *ca, *cert, *key;
     const char *model, *base, *probe, *expect;
@@ -203,95 +80,6 @@ typedef struct pub_opts {
     double max_ppl;
     uint64_t seq;
 } pub_opts;
-
-static int mqtt_connect(pub_mqtt *m, const pub_opts *o, char err[256])
-{
-    pthread_mutex_init(&m->mu, NULL);
-    pthread_cond_init(&m->cv, NULL);
-    const char *rest = NULL, *scheme = NULL;
-    if (!strncmp(o->broker, "mqtt://", 7))
-        rest = o->broker + 7, scheme = "tcp";
-    else if (!strncmp(o->broker, "mqtts://", 8))
-        rest = o->broker + 8, scheme = "ssl";
-    if (!rest || !strchr(rest, ':') || strchr(rest, '/')) {
-        snprintf(err, 256, "--broker: '%s' is not mqtt://host:port or mqtts://host:port",
-                 o->broker);
-        return CLI_USAGE;
-    }
-    char url[512], id[40];
-    snprintf(url, sizeof url, "%s://%s", scheme, rest);
-    uint8_t rnd[6];
-    randombytes_buf(rnd, sizeof rnd);
-    snprintf(id, sizeof id, "outpost-pub-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
-             rnd[3], rnd[4], rnd[5]);
-    int rc = MQTTAsync_create(&m->client, url, id, MQTTCLIENT_PERSISTENCE_NONE, NULL);
-    if (rc != MQTTASYNC_SUCCESS) {
-        m->client = NULL;
-        snprintf(err, 256, "%s: %s", o->broker, MQTTAsync_strerror(rc));
-        return CLI_FAIL;
-    }
-    MQTTAsync_setCallbacks(m->client, m, on_lost, on_msg, NULL);
-    MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer;
-    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
-    co.context = m;
-    co.keepAliveInterval = 30;
-    co.cleansession = 1;
-    co.connectTimeout = 10;
-    co.onSuccess = on_conn_ok;
-    co.onFailure = on_conn_fail;
-    co.password = getenv("OUTPOST_MQTT_PASSWORD");
-    if (!strcmp(scheme, "ssl")) {
-        ssl.trustStore = o->ca;
-        ssl.keyStore = o->cert;
-        ssl.privateKey = o->key;
-        ssl.enableServerCertAuth = 1;
-        ssl.verify = 1;
-        co.ssl = &ssl;
-    }
-    if ((rc = MQTTAsync_connect(m->client, &co)) != MQTTASYNC_SUCCESS ||
-        wait_for(m, &m->connect_rc, cli_now() + 12) != 1) {
-        snprintf(err, 256, "%s: cannot connect", o->broker);
-        return CLI_FAIL;
-    }
-    return CLI_OK;
-}
-
-static int mqtt_send(pub_mqtt *m, const char *topic, const void *data, size_t len, char err[256])
-{
-    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    ro.context = m;
-    ro.onSuccess = on_pub_ok;
-    ro.onFailure = on_pub_fail;
-    MQTTAsync_message msg = MQTTAsync_message_initializer;
-    msg.payload = (void *)data;
-    msg.payloadlen = (int)len;
-    msg.qos = 1;
-    m->pub_rc = 0;
-    int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
-    if (rc != MQTTASYNC_SUCCESS || wait_for(m, &m->pub_rc, cli_now() + 30) != 1) {
-        snprintf(err, 256, "publish to %s: %s", topic,
-                 rc != MQTTASYNC_SUCCESS ? MQTTAsync_strerror(rc) : "not acknowledged in time");
-        return CLI_FAIL;
-    }
-    return CLI_OK;
-}
-
-static void mqtt_done(pub_mqtt *m)
-{
-    if (m->client) {
-        if (MQTTAsync_isConnected(m->client)) {
-            MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
-            d.timeout = 1000;
-            MQTTAsync_disconnect(m->client, &d);
-            for (int i = 0; i < 100 && MQTTAsync_isConnected(m->client); i++)
-                usleep(10000);
-        }
-        MQTTAsync_destroy(&m->client);
-    }
-    free(m->reply);
-    pthread_mutex_destroy(&m->mu);
-    pthread_cond_destroy(&m->cv);
-}
 
 /* ---- the update ---------------------------------------------------------------------- */
 
@@ -312,7 +100,8 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
     json_t *args = NULL;
     uint8_t *buf = NULL;
     FILE *in = NULL;
-    pub_mqtt m = {0};
+    cli_mqtt m;
+    bool m_open = false;
     if (!mtext || ota_sign_buffer(&sk, mtext, strlen(mtext), OTA_SIG_PREHASHED, NULL, NULL, &sig,
                                   err) || !(sigtext = ota_sig_format(&sig))) {
         cli_error(cmd, "manifest: %s", mtext ? err : "out of memory");
@@ -345,27 +134,17 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
         snprintf(t_ota, sizeof t_ota, "%s/group/%s/ota", prefix, o->group);
         snprintf(t_resp, sizeof t_resp, "%s/+/resp", prefix);
     }
+    cli_broker b = {.url = o->broker, .ca = o->ca, .cert = o->cert, .key = o->key, .version = 3};
+    int rc = cli_mqtt_open(&m, &b, 10, err);
+    m_open = true;
     m.seq = seq;
-    int rc = mqtt_connect(&m, o, err);
     if (rc) {
         cli_error(cmd, "%s", err);
         status = rc;
         goto out;
     }
-    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    ro.context = &m;
-    ro.onSuccess = on_sub_ok;
-    ro.onFailure = on_sub_fail;
-    const char *topics[2] = {t_resp, t_status};
-    for (int k = 0; k < 2; k++) {
-        m.sub_rc = 0;
-        if (MQTTAsync_subscribe(m.client, topics[k], 1, &ro) != MQTTASYNC_SUCCESS ||
-            wait_for(&m, &m.sub_rc, cli_now() + 10) != 1) {
-            cli_error(cmd, "subscribe to %s failed", topics[k]);
-            goto out;
-        }
-    }
-    if (mqtt_send(&m, t_cmd, envelope, strlen(envelope), err)) {
+    if (cli_mqtt_subscribe(&m, t_resp, 10, err) || cli_mqtt_subscribe(&m, t_status, 10, err) ||
+        cli_mqtt_publish(&m, t_cmd, envelope, strlen(envelope), 30, err)) {
         cli_error(cmd, "%s", err);
         goto out;
     }
@@ -375,14 +154,14 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
     double accept_deadline = cli_now() + 30;
     while (cli_now() < accept_deadline) {
         pthread_mutex_lock(&m.mu);
-        bool done = m.accepted || m.reply;
+        bool done = m.offer_taken || m.n_replies;
         pthread_mutex_unlock(&m.mu);
         if (done)
             break;
-        wait_for(&m, &m.accepted, cli_now() + 0.2);
+        cli_mqtt_wait(&m, &m.offer_taken, cli_now() + 0.2);
     }
     pthread_mutex_lock(&m.mu);
-    bool refused = m.reply != NULL;
+    bool refused = m.n_replies > 0;
     pthread_mutex_unlock(&m.mu);
     /* The chunks, in order; the device stores each before acknowledging. */
     double t0 = cli_now();
@@ -405,7 +184,7 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
         uint8_t *msg = NULL;
         size_t msg_len = 0;
         if (ota_xfer_msg_build(id, i, buf, n, &msg, &msg_len, err) ||
-            mqtt_send(&m, t_ota, msg, msg_len, err)) {
+            cli_mqtt_publish(&m, t_ota, msg, msg_len, 30, err)) {
             free(msg);
             cli_error(cmd, "chunk %" PRIu32 ": %s", i, err);
             goto out;
@@ -413,7 +192,7 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
         free(msg);
         /* A refusal (bad signature, old version, wrong base) may already be here. */
         pthread_mutex_lock(&m.mu);
-        bool replied = m.reply != NULL;
+        bool replied = m.n_replies > 0;
         pthread_mutex_unlock(&m.mu);
         if (replied)
             break;
@@ -421,20 +200,26 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
     fprintf(stderr, "outpost fleet: %s seq %" PRIu64 ": %" PRIu64 " bytes in %" PRIu32
             " chunks sent in %.1f s; waiting for the reply\n", name, seq, mf->payload_size,
             mf->n_chunks, cli_now() - t0);
-    if (!wait_for(&m, NULL, cli_now() + (double)o->timeout_s)) {
+    double deadline = cli_now() + (double)o->timeout_s;
+    size_t n_replies = cli_mqtt_wait_replies(&m, 0, deadline);
+    pthread_mutex_lock(&m.mu);
+    char *reply = n_replies ? m.replies[0] : NULL;
+    pthread_mutex_unlock(&m.mu);
+    if (!reply) {
         cli_error(cmd, "no reply to %s seq %" PRIu64 " within %ld s", name, seq, o->timeout_s);
         goto out;
     }
-    printf("%s\n", m.reply);
+    printf("%s\n", reply);
     fflush(stdout);
-    json_t *r = json_loads(m.reply, 0, NULL);
+    json_t *r = json_loads(reply, 0, NULL);
     status = json_is_true(json_object_get(r, "ok")) ? CLI_OK : CLI_FAIL;
     json_decref(r);
 out:
     if (in)
         fclose(in);
     free(buf);
-    mqtt_done(&m);
+    if (m_open)
+        cli_mqtt_close(&m);
     ota_seckey_wipe(&sk);
     json_decref(args);
     free(mtext);
