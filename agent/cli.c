@@ -133,3 +133,27 @@ bool cli_in_build_tree(void)
     return false;
 #endif
 }
+
+char *cli_seckey_password(const char *cmd, const char *file, bool *bad)
+{
+    *bad = false;
+    if (file) {
+        size_t len;
+        char *text = cli_read_file(cmd, file, &len);
+        if (!text) {
+            *bad = true;
+            return NULL;
+        }
+        text[strcspn(text, "\r\n")] = '\0';
+        return text;
+    }
+    const char *env = getenv("OUTPOST_OTA_PASSWORD");
+    if (!env)
+        return NULL;
+    char *copy = strdup(env);
+    if (!copy) {
+        cli_error(cmd, "out of memory");
+        *bad = true;
+    }
+    return copy;
+}

@@ -57,6 +57,12 @@ bool cli_parse_float(const char *cmd, const char *flag, const char *s, double lo
 /* Read a whole file (or stdin for "-") into a malloc'd NUL-terminated buffer. */
 char *cli_read_file(const char *cmd, const char *path, size_t *len);
 
+/* The password of a minisign secret key: the first line of `file` when
+ * given (--password-file), else OUTPOST_OTA_PASSWORD, else NULL. malloc'd:
+ * sodium_memzero + free it. *bad is set (and the error printed) when the
+ * file cannot be read or memory runs out. */
+char *cli_seckey_password(const char *cmd, const char *file, bool *bad);
+
 /* Monotonic clock in seconds. */
 double cli_now(void);
 

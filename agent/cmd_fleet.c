@@ -219,26 +219,6 @@ static bool topic_level_ok(const char *s)
     return n > 0 && n <= FLEET_ID_MAX && !strpbrk(s, "/+#");
 }
 
-static char *read_password(const char *file, bool *bad)
-{
-    *bad = false;
-    if (file) {
-        size_t len;
-        char *text = cli_read_file(cmd, file, &len);
-        if (!text) {
-            *bad = true;
-            return NULL;
-        }
-        text[strcspn(text, "\r\n")] = '\0';
-        return text;
-    }
-    const char *env = getenv("OUTPOST_OTA_PASSWORD");
-    char *copy = env ? strdup(env) : NULL;
-    if (env && !copy)
-        *bad = true;
-    return copy;
-}
-
 static int fleet_cmd_main(int argc, char **argv)
 {
     const char *broker = NULL, *device = NULL, *group = NULL, *seckey = NULL,
@@ -385,7 +365,7 @@ static int fleet_cmd_main(int argc, char **argv)
     status = CLI_FAIL;
 
     bool bad = false;
-    password = read_password(password_file, &bad);
+    password = cli_seckey_password(cmd, password_file, &bad);
     if (bad)
         goto done;
     if (ota_seckey_load(seckey, password, &sk, err) != OTA_OK) {

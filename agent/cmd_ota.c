@@ -195,33 +195,6 @@ done:
 
 /* ---- sign -------------------------------------------------------------------------- */
 
-/* The secret key's password, if any: --password-file's first line, else
- * OUTPOST_OTA_PASSWORD; malloc'd (sodium_memzero + free), or NULL. *bad is
- * set when the file could not be read. */
-static char *load_password(const char *file, bool *bad)
-{
-    *bad = false;
-    if (file) {
-        size_t len;
-        char *text = cli_read_file(cmd, file, &len);
-        if (!text) {
-            *bad = true;
-            return NULL;
-        }
-        text[strcspn(text, "\r\n")] = '\0';
-        return text;
-    }
-    const char *env = getenv("OUTPOST_OTA_PASSWORD");
-    if (!env)
-        return NULL;
-    char *copy = strdup(env);
-    if (!copy) {
-        cli_error(cmd, "out of memory");
-        *bad = true;
-    }
-    return copy;
-}
-
 static int ota_cmd_sign(int argc, char **argv)
 {
     const char *sec_arg = NULL, *first = NULL, *sig_arg = NULL, *trusted = NULL,
@@ -274,7 +247,7 @@ static int ota_cmd_sign(int argc, char **argv)
     ota_sig *sig = malloc(sizeof *sig);
     char *sig_path = NULL;
     bool bad;
-    char *password = load_password(password_file, &bad);
+    char *password = cli_seckey_password(cmd, password_file, &bad);
     if (bad)
         goto done;
     if (!sig) {
@@ -682,7 +655,7 @@ static int ota_cmd_manifest(int argc, char **argv)
     }
     if (sec_path) {
         bool bad;
-        char *password = load_password(NULL, &bad);
+        char *password = cli_seckey_password(cmd, NULL, &bad);
         ota_seckey sk;
         ota_sig *sig = malloc(sizeof *sig);
         char *sig_path = NULL;
