@@ -166,7 +166,7 @@ int ota_delta_check(const void *buf, size_t len, const char *name, ota_delta_hea
 /* The header of a delta file (for manifests). */
 int ota_delta_read_header(const char *path, ota_delta_header *out, char err[256]);
 
-/* BLAKE2b-256 of a whole file, read through a bounded buffer. */
+/* BLAKE2b-256 of a whole file (mapped and read sequentially), and its size. */
 int ota_file_hash(const char *path, uint8_t out[OTA_DELTA_HASH_BYTES], uint64_t *size_bytes,
                   char err[256]);
 void ota_hash_hex(const uint8_t hash[OTA_DELTA_HASH_BYTES], char out[2 * OTA_DELTA_HASH_BYTES + 1]);

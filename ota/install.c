@@ -86,35 +86,16 @@ static double now_ms(void)
 
 void ota_hex_encode(const uint8_t *in, size_t n, char *out)
 {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
+    sodium_bin2hex(out, 2 * n + 1, in, n);
 }
 
 int ota_hex_decode(const char *hex, uint8_t *out, size_t n)
 {
-    if (strlen(hex) != 2 * n)
+    size_t got = 0;
+    const char *end = NULL;
+    if (strlen(hex) != 2 * n || sodium_hex2bin(out, n, hex, 2 * n, NULL, &got, &end) != 0 ||
+        got != n || *end != '\0')
         return -1;
-    for (size_t i = 0; i < n; i++) {
-        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
     return 0;
 }
 
@@ -180,47 +161,6 @@ int ota_write_file_atomic(const char *path, const void *data, size_t len, char e
         return OTA_EIO;
     }
     return ota_fsync_parent(path, err);
-}
-
-int ota_hash_file(const char *path, uint8_t out[OTA_HASH_BYTES], uint64_t *size_bytes,
-                  char err[256])
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(err, 256, "%s: cannot open: %s", path, strerror(errno));
-        return OTA_EIO;
-    }
-    uint8_t *buf = malloc(COPY_CHUNK_BYTES);
-    if (!buf) {
-        close(fd);
-        snprintf(err, 256, "%s: out of memory", path);
-        return OTA_ENOMEM;
-    }
-    crypto_generichash_state h;
-    crypto_generichash_init(&h, NULL, 0, OTA_HASH_BYTES);
-    uint64_t total = 0;
-    int rc = OTA_OK;
-    for (;;) {
-        ssize_t n = read(fd, buf, COPY_CHUNK_BYTES);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            snprintf(err, 256, "%s: read failed: %s", path, strerror(errno));
-            rc = OTA_EIO;
-            break;
-        }
-        if (n == 0)
-            break;
-        crypto_generichash_update(&h, buf, (unsigned long long)n);
-        total += (uint64_t)n;
-    }
-    if (!rc)
-        crypto_generichash_final(&h, out, OTA_HASH_BYTES);
-    if (size_bytes)
-        *size_bytes = total;
-    free(buf);
-    close(fd);
-    return rc;
 }
 
 static bool file_exists(const char *path)
@@ -625,7 +565,7 @@ int ota_install_active_hash(ota_install *in, uint8_t out[OTA_HASH_BYTES], char e
             snprintf(err, 256, "%s: no active model", in->dir);
             return OTA_ESTATE;
         }
-        int rc = ota_hash_file(p, in->active_hash, NULL, err);
+        int rc = ota_file_hash(p, in->active_hash, NULL, err);
         if (rc)
             return rc;
         in->have_active_hash = true;
@@ -762,7 +702,7 @@ int ota_install_finish(ota_install *in, char err[256])
     const char *part = in->part_path[sl];
     uint8_t got[OTA_HASH_BYTES];
     uint64_t size = 0;
-    if ((rc = ota_hash_file(part, got, &size, err)))
+    if ((rc = ota_file_hash(part, got, &size, err)))
         return rc;
     if (size != in->st.pending_size_bytes ||
         sodium_memcmp(got, in->st.pending_hash, OTA_HASH_BYTES)) {

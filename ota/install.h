@@ -222,9 +222,6 @@ int ota_install_apply(ota_install *in, const ota_install_update *u, ota_install_
 int ota_install_state_parse(char *text, size_t len, const char *name, ota_install_state *out,
                             char err[256]);
 
-/* BLAKE2b-256 of a whole file (streamed), and its size. */
-int ota_hash_file(const char *path, uint8_t out[OTA_HASH_BYTES], uint64_t *size_bytes,
-                  char err[256]);
 /* Lower-case hex (2 * n + 1 bytes in out); parse the same (exactly 2 * n digits). */
 void ota_hex_encode(const uint8_t *in, size_t n, char *out);
 int ota_hex_decode(const char *hex, uint8_t *out, size_t n);

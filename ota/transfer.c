@@ -10,7 +10,8 @@
  */
 #include "transfer.h"
 
-#include "install.h" /* ota_hash_file, ota_hex_encode */
+#include "delta.h"   /* ota_file_hash */
+#include "install.h" /* ota_hex_encode */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -348,7 +349,7 @@ int ota_xfer_verify(ota_xfer *x, char err[256])
     }
     uint8_t h[OTA_XFER_HASH_BYTES];
     uint64_t size = 0;
-    int rc = ota_hash_file(x->part_path, h, &size, err);
+    int rc = ota_file_hash(x->part_path, h, &size, err);
     if (rc)
         return rc;
     if (size != x->size_bytes || sodium_memcmp(h, x->hash, sizeof h)) {

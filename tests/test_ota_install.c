@@ -20,6 +20,7 @@
 #include <cmocka.h>
 #include <sodium.h>
 
+#include "delta.h"
 #include "install.h"
 
 typedef struct fixture {
@@ -72,7 +73,7 @@ static int setup(void **state)
         char text[64];
         snprintf(text, sizeof text, "model version %d, some weights", i + 1);
         write_file(fx->src[i], text);
-        assert_int_equal(ota_hash_file(fx->src[i], fx->hash[i], &fx->size[i], err), OTA_OK);
+        assert_int_equal(ota_file_hash(fx->src[i], fx->hash[i], &fx->size[i], err), OTA_OK);
     }
     *state = fx;
     return 0;

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 #include <sodium.h>
 
+#include "delta.h"
 #include "install.h"
 #include "transfer.h"
 
@@ -97,7 +98,7 @@ static void chunks_in_any_order_assemble_the_payload(void **state)
     assert_int_equal(ota_xfer_verify(x, err), OTA_OK);
     uint8_t h[OTA_HASH_BYTES];
     uint64_t size;
-    assert_int_equal(ota_hash_file(ota_xfer_path(x), h, &size, err), OTA_OK);
+    assert_int_equal(ota_file_hash(ota_xfer_path(x), h, &size, err), OTA_OK);
     assert_int_equal(size, SIZE);
     assert_memory_equal(h, fx->spec.hash, OTA_HASH_BYTES);
     ota_xfer_close(x);
