@@ -950,6 +950,38 @@ static int vm_dry_run(pol_vm *vm, const char *name, const pol_req *req, const po
     return rc;
 }
 
+/* The end of a reload (called with reload_lock held, releases it): on
+ * POL_OK the new VM, source and path replace the running ones atomically
+ * under p->lock and the old ones are freed; otherwise the new ones are
+ * freed, the running policy stays, and the failure is counted. */
+static int reload_finish(pol *p, int rc, pol_vm *vm, char *src, size_t len, char *path)
+{
+    if (rc != POL_OK) {
+        vm_free(vm);
+        free(path);
+        free(src);
+        pthread_mutex_lock(&p->lock);
+        p->stats.reload_errors++;
+        pthread_mutex_unlock(&p->lock);
+        pthread_mutex_unlock(&p->reload_lock);
+        return rc;
+    }
+    pthread_mutex_lock(&p->lock);
+    pol_vm *old_vm = p->vm;
+    char *old_src = p->source, *old_path = p->path;
+    p->vm = vm;
+    p->source = src;
+    p->source_len = len;
+    p->path = path;
+    p->stats.reloads++;
+    pthread_mutex_unlock(&p->lock);
+    vm_free(old_vm);
+    free(old_src);
+    free(old_path);
+    pthread_mutex_unlock(&p->reload_lock);
+    return POL_OK;
+}
+
 int pol_replace_source(pol *p, const char *source, size_t len, const char *name, char err[256])
 {
     if (!p || !source || !name) {
@@ -983,31 +1015,9 @@ int pol_replace_source(pol *p, const char *source, size_t len, const char *name,
         goto fail;
     req.privacy = POL_PRIVACY_PRIVATE;
     env.online = true;
-    if ((rc = vm_dry_run(vm, new_path, &req, &env, err)))
-        goto fail;
-    pthread_mutex_lock(&p->lock);
-    pol_vm *old_vm = p->vm;
-    char *old_src = p->source, *old_path = p->path;
-    p->vm = vm;
-    p->source = src;
-    p->source_len = len;
-    p->path = new_path;
-    p->stats.reloads++;
-    pthread_mutex_unlock(&p->lock);
-    vm_free(old_vm);
-    free(old_src);
-    free(old_path);
-    pthread_mutex_unlock(&p->reload_lock);
-    return POL_OK;
+    rc = vm_dry_run(vm, new_path, &req, &env, err);
 fail:
-    vm_free(vm);
-    free(new_path);
-    free(src);
-    pthread_mutex_lock(&p->lock);
-    p->stats.reload_errors++;
-    pthread_mutex_unlock(&p->lock);
-    pthread_mutex_unlock(&p->reload_lock);
-    return rc;
+    return reload_finish(p, rc, vm, src, len, new_path);
 }
 
 int pol_reload(pol *p, const char *path, char err[256])
@@ -1028,30 +1038,9 @@ int pol_reload(pol *p, const char *path, char err[256])
     }
     if ((rc = read_source(new_path, &src, &len, err)))
         goto done;
-    if ((rc = vm_new(&vm, &p->opts, src, len, new_path, err)))
-        goto done;
-    pthread_mutex_lock(&p->lock);
-    pol_vm *old_vm = p->vm;
-    char *old_src = p->source, *old_path = p->path;
-    p->vm = vm;
-    p->source = src;
-    p->source_len = len;
-    p->path = new_path;
-    p->stats.reloads++;
-    pthread_mutex_unlock(&p->lock);
-    vm_free(old_vm);
-    free(old_src);
-    free(old_path);
-    pthread_mutex_unlock(&p->reload_lock);
-    return POL_OK;
+    rc = vm_new(&vm, &p->opts, src, len, new_path, err);
 done:
-    free(new_path);
-    free(src);
-    pthread_mutex_lock(&p->lock);
-    p->stats.reload_errors++;
-    pthread_mutex_unlock(&p->lock);
-    pthread_mutex_unlock(&p->reload_lock);
-    return rc;
+    return reload_finish(p, rc, vm, src, len, new_path);
 }
 
 void pol_stats(pol *p, pol_counters *out)
