@@ -22,7 +22,15 @@
  * Keys and values are read through the cache type's row of the qt_ table:
  * the query is converted to the key type's vec_dot_type (F16 for an F16
  * cache, Q8_0 blocks for a Q8_0 cache), so the score dot product is the same
- * kernel the weight matmuls use. Each chunk's value rows are converted to
+ * kernel the weight matmuls use. Where the CPU has AVX-512 each chunk's key
+ * rows are converted to float once per work item instead (like the values)
+ * and scored against all the item's heads in one pass
+ * (attn_scores_avx512: one load of a key row for up to 8 heads, instead of
+ * a vec_dot call per head and key); the query meets them as the vec_dot
+ * would see it (converted and back), so only the summation order differs.
+ * The exponentials go through ops_exp_sum (a vector exp). Items are taken
+ * in token order 0, n-1, 1, n-2, ... so that the split of a prompt across
+ * threads is balanced (a late token reads more keys than an early one). Each chunk's value rows are converted to
  * float once per work item, and each head's output gathers them as a sum of
  * scaled rows vectorised across the head dimension (attn_accum: no float
  * reduction, so the compiler vectorises it without reassociating; on x86-64
@@ -62,6 +70,32 @@ ATT_ACCUM(_avx2, __attribute__((target("avx2,fma"))))
 typedef void (*attn_accum_fn)(float *restrict, const float *restrict, const float *restrict, int32_t,
                               int32_t);
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define ATT_HAVE_AVX512 1
+/* sc[h][j] = q[h] . k[j] for h < hg, j < c: each key row is loaded once for
+ * all the item's heads, 16 dims per FMA, one horizontal sum per score. */
+__attribute__((target("avx512f"))) static void attn_scores_avx512(float *restrict sc, const float *restrict q,
+                                                                   const float *restrict k, int32_t hg,
+                                                                   int32_t hd, int32_t c)
+{
+    for (int32_t j = 0; j < c; j++) {
+        const float *kr = k + (size_t)j * hd;
+        __m512 acc[ATT_MAX_HEADS];
+        for (int32_t h = 0; h < hg; h++)
+            acc[h] = _mm512_setzero_ps();
+        for (int32_t d = 0; d < hd; d += 16) {
+            const __mmask16 m = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1u);
+            const __m512 kv = _mm512_maskz_loadu_ps(m, kr + d);
+            for (int32_t h = 0; h < hg; h++)
+                acc[h] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + (size_t)h * hd + d), kv, acc[h]);
+        }
+        for (int32_t h = 0; h < hg; h++)
+            sc[h * ATT_CHUNK + j] = _mm512_reduce_add_ps(acc[h]);
+    }
+}
+#endif
+
 typedef struct attn_task {
     const kv_cache *kv;
     const attn_params *a;
@@ -69,6 +103,7 @@ typedef struct attn_task {
     size_t scratch_per_thread;
     int32_t heads_per_item; /* divides n_head / n_head_kv, at most ATT_MAX_HEADS */
     attn_accum_fn accum;
+    bool float_scores; /* keys to float per chunk, scores by attn_scores_avx512 */
 } attn_task;
 
 static void attn_worker(void *arg, int ith, int nth)
@@ -82,14 +117,21 @@ static void attn_worker(void *arg, int ith, int nth)
     const qt_traits *qt = qt_get(kt->vec_dot_type);
     const size_t head_bytes = qt_row_bytes(kv->type, hd);
     /* scratch: scores [hg][ATT_CHUNK], values [ATT_CHUNK][hd], converted
-     * queries (hd floats of room each: any conversion of q fits) */
+     * queries (hd floats of room each: any conversion of q fits), and with
+     * float_scores keys [ATT_CHUNK][hd] and the queries as floats [hg][hd] */
     float *scores = t->scratch + (size_t)ith * t->scratch_per_thread;
     float *vbuf = scores + (size_t)ATT_MAX_HEADS * ATT_CHUNK;
     float *qroom = vbuf + (size_t)hd * ATT_CHUNK;
+    float *kbuf = qroom + (size_t)ATT_MAX_HEADS * hd;
+    float *qf = kbuf + (size_t)hd * ATT_CHUNK;
     long b, e;
     pool_range((long)a->n_tokens * items_per_token, ith, nth, &b, &e);
     for (long item = b; item < e; item++) {
-        const int32_t i = (int32_t)(item / items_per_token);
+        /* items in token order 0, n-1, 1, n-2, ...: a token late in a prompt
+         * sees more keys, so each thread's contiguous range of items gets
+         * early and late tokens alike instead of the late half */
+        const int32_t slot = (int32_t)(item / items_per_token);
+        const int32_t i = slot % 2 == 0 ? slot / 2 : a->n_tokens - 1 - slot / 2;
         const int32_t h0 = (int32_t)(item % items_per_token) * hg;
         const int32_t kvh = h0 / group;
         const int32_t pos = a->n_past + i;
@@ -107,6 +149,11 @@ static void attn_worker(void *arg, int ith, int nth)
                 qt->from_float(q, qc, hd);
                 qv[h] = qc;
             }
+            /* the query as the key type's dot meets it (rounded to F16, or
+             * Q8_0 codes times scale), so the float scores differ from the
+             * vec_dot ones only in summation order */
+            if (t->float_scores)
+                qt->to_float(qv[h], qf + (size_t)h * hd, hd);
             out[h] = a->out + (size_t)i * a->out_stride + (size_t)(h0 + h) * hd;
             memset(out[h], 0, (size_t)hd * sizeof(float));
             max[h] = -INFINITY;
@@ -116,17 +163,25 @@ static void attn_worker(void *arg, int ith, int nth)
             const int32_t c = n_keys - j0 < ATT_CHUNK ? n_keys - j0 : ATT_CHUNK;
             for (int32_t j = 0; j < c; j++) {
                 const uint8_t *krow = kv_k_row(kv, a->layer, first + j0 + j) + (size_t)kvh * head_bytes;
-                for (int32_t h = 0; h < hg; h++) {
-                    float s;
-                    kt->vec_dot(hd, &s, krow, qv[h]);
-                    s *= a->scale;
+                if (t->float_scores)
+                    kt->to_float(krow, kbuf + (size_t)j * hd, hd);
+                else
+                    for (int32_t h = 0; h < hg; h++)
+                        kt->vec_dot(hd, &scores[h * ATT_CHUNK + j], krow, qv[h]);
+                kt->to_float(kv_v_row(kv, a->layer, first + j0 + j) + (size_t)kvh * head_bytes,
+                             vbuf + (size_t)j * hd, hd);
+            }
+#ifdef ATT_HAVE_AVX512
+            if (t->float_scores)
+                attn_scores_avx512(scores, qf, kbuf, hg, hd, c);
+#endif
+            for (int32_t h = 0; h < hg; h++)
+                for (int32_t j = 0; j < c; j++) {
+                    float s = scores[h * ATT_CHUNK + j] * a->scale;
                     if (a->softcap > 0)
                         s = a->softcap * tanhf(s / a->softcap);
                     scores[h * ATT_CHUNK + j] = s;
                 }
-                kt->to_float(kv_v_row(kv, a->layer, first + j0 + j) + (size_t)kvh * head_bytes,
-                             vbuf + (size_t)j * hd, hd);
-            }
             for (int32_t h = 0; h < hg; h++) {
                 float *sc = scores + h * ATT_CHUNK;
                 float m = max[h];
@@ -140,10 +195,7 @@ static void attn_worker(void *arg, int ith, int nth)
                     sum[h] *= f;
                 }
                 max[h] = m;
-                for (int32_t j = 0; j < c; j++) {
-                    sc[j] = expf(sc[j] - m);
-                    sum[h] += sc[j];
-                }
+                sum[h] += ops_exp_sum(sc, c, m);
                 t->accum(out[h], sc, vbuf, hd, c);
             }
         }
@@ -158,8 +210,8 @@ static void attn_worker(void *arg, int ith, int nth)
 size_t attn_scratch_floats(int32_t n_ctx, int32_t head_dim)
 {
     (void)n_ctx; /* keys are taken ATT_CHUNK at a time */
-    return (size_t)ATT_MAX_HEADS * ATT_CHUNK + (size_t)head_dim * ATT_CHUNK +
-           (size_t)ATT_MAX_HEADS * (size_t)head_dim + 16;
+    return (size_t)ATT_MAX_HEADS * ATT_CHUNK + 2 * (size_t)head_dim * ATT_CHUNK +
+           2 * (size_t)ATT_MAX_HEADS * (size_t)head_dim + 16;
 }
 
 void attn_run(pool *p, const kv_cache *kv, float *scratch, const attn_params *a)
@@ -179,6 +231,9 @@ void attn_run(pool *p, const kv_cache *kv, float *scratch, const attn_params *a)
 #ifdef ATT_HAVE_AVX2
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         t.accum = attn_accum_avx2;
+#endif
+#ifdef ATT_HAVE_AVX512
+    t.float_scores = __builtin_cpu_supports("avx512f");
 #endif
     pool_run(p, attn_worker, &t);
 }

@@ -142,6 +142,7 @@ struct eng_ctx {
     /* RoPE as this context applies it (LongRoPE picks its factors by n_ctx).
      * Re-rotating cached keys must use it with mscale 1. */
     ops_rope_cfg rope;
+    float *rope_cs;     /* [n_batch][n_rot]: cos, sin of the batch's positions (ops_rope_table) */
     /* activations for one pass of up to n_batch tokens; with fused weights
      * q holds Q|K|V rows and ffn_u gate|up rows */
     float *x, *xb, *q, *k, *v, *attn, *ffn_g, *ffn_u;

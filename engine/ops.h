@@ -25,14 +25,26 @@ typedef struct ops_rope_cfg {
 
 /* Rotate each of n_heads heads of x (head_dim floats apart) for position pos. */
 void ops_rope_apply(float *x, int32_t n_heads, const ops_rope_cfg *cfg, double pos);
+/* The same in two steps, for a position whose rotation is applied many
+ * times (every layer of a pass): cs[2i], cs[2i+1] = cos, sin of pair i
+ * (n_rot floats), then the heads turned by them; the result is bit for bit
+ * that of ops_rope_apply. */
+void ops_rope_table(float *cs, const ops_rope_cfg *cfg, double pos);
+void ops_rope_apply_table(float *x, int32_t n_heads, const ops_rope_cfg *cfg, const float *cs);
 /* The plain case: adjacent pairs, no scaling (the "normal" RoPE of Llama
  * GGUF files). */
 void ops_rope(float *x, int32_t n_heads, int32_t head_dim, int32_t n_rot, double pos,
               float freq_base);
 /* In-place softmax over n values. */
 void ops_softmax(float *x, int64_t n);
-/* x[i] = silu(x[i]) * y[i] */
+/* x[i] = silu(x[i]) * y[i]; on CPUs with AVX-512 through a vector exp
+ * within 2 ulp of expf, elsewhere (and always in ops_swiglu_ref) through
+ * expf itself. */
 void ops_swiglu(float *x, const float *y, int64_t n);
+void ops_swiglu_ref(float *x, const float *y, int64_t n);
+/* x[i] = exp(x[i] - sub) for i < n; returns their sum (the vector exp of
+ * ops_swiglu where there is one). */
+double ops_exp_sum(float *x, int64_t n, float sub);
 /* x[i] = gelu(x[i]) * y[i], GELU in its tanh approximation (Gemma's
  * gelu_pytorch_tanh). */
 void ops_geglu(float *x, const float *y, int64_t n);

@@ -21,7 +21,12 @@
  * - a gemm tile writes its nr x nt outputs and nothing else;
  * - the matmul (mm_run, which tiles rows and tokens for the gemm kernels)
  *   gives bit-identical outputs for every thread count, and each output is
- *   within the dot tolerance of the scalar dot of its row and token.
+ *   within the dot tolerance of the scalar dot of its row and token;
+ * - ops_swiglu and ops_exp_sum (a vector exp where the CPU has AVX-512)
+ *   against expf: within 4 ulp of the scalar swiglu per element (the vector
+ *   exp is within 2 ulp of expf; the quotient and product add rounding),
+ *   exp(x - sub) within 2 ulp, the sum within 1e-6 relative, and the ends
+ *   of the range (overflow to inf, underflow to 0, NaN) as expf gives them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -36,6 +41,7 @@
 #include <string.h>
 
 #include "model_impl.h" /* mm_run and its job and weight structs */
+#include "ops.h"
 #include "pool.h"
 #include "quant.h"
 
@@ -796,6 +802,77 @@ static void simd_decoders_are_bit_identical_to_scalar(void **state)
     free(b);
 }
 
+/* Distance in units in the last place between two finite floats of one sign
+ * (0 when equal, also for two infinities). */
+static uint32_t ulp_diff(float a, float b)
+{
+    if (a == b)
+        return 0;
+    if (isnan(a) && isnan(b))
+        return 0;
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    if ((ia < 0) != (ib < 0))
+        return fabsf(a - b) < 1e-37f ? 0 : UINT32_MAX;
+    return ia > ib ? (uint32_t)(ia - ib) : (uint32_t)(ib - ia);
+}
+
+static void vector_exp_kernels_match_expf(void **state)
+{
+    (void)state;
+    enum { N = 4099 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+    float *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_non_null(a);
+    assert_non_null(b);
+    uint64_t st = 12345;
+    for (int i = 0; i < N; i++) {
+        st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+        double u = (double)(st >> 11) / 9007199254740992.0; /* [0, 1) */
+        x[i] = (float)((u - 0.5) * (i < 4000 ? 40.0 : 400.0)); /* the tail spans the range ends */
+        y[i] = (float)(1.0 - u * 2.0);
+    }
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    x[2] = 88.0f;
+    x[3] = -88.0f;
+    x[4] = 120.0f;
+    x[5] = -120.0f;
+    x[6] = NAN;
+    for (int n = 1; n <= N; n = n < 40 ? n + 1 : n * 3) {
+        memcpy(a, x, (size_t)n * sizeof *a);
+        memcpy(b, x, (size_t)n * sizeof *b);
+        ops_swiglu_ref(a, y, n);
+        ops_swiglu(b, y, n);
+        for (int i = 0; i < n; i++)
+            if (ulp_diff(a[i], b[i]) > 4)
+                fail_msg("swiglu n %d x[%d] = %g: expf %.9g vector %.9g", n, i, (double)x[i],
+                         (double)a[i], (double)b[i]);
+        /* exp(x - 3) for the finite, non-overflowing scores attention has */
+        double want = 0.0;
+        for (int i = 0; i < n; i++) {
+            a[i] = i == 6 ? 0.0f : fminf(x[i], 80.0f);
+            b[i] = a[i];
+            a[i] = expf(a[i] - 3.0f);
+            want += a[i];
+        }
+        double got = ops_exp_sum(b, n, 3.0f);
+        for (int i = 0; i < n; i++)
+            if (ulp_diff(a[i], b[i]) > 2 && !(a[i] < 1e-37f && b[i] < 1e-37f))
+                fail_msg("exp n %d x[%d] = %g: expf %.9g vector %.9g", n, i, (double)x[i],
+                         (double)a[i], (double)b[i]);
+        if (fabs(got - want) > 1e-6 * want)
+            fail_msg("exp sum n %d: %.17g, expected %.17g", n, got, want);
+    }
+    free(x);
+    free(y);
+    free(a);
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -807,6 +884,7 @@ int main(void)
         cmocka_unit_test(matmul_is_thread_count_invariant_and_matches_scalar),
         cmocka_unit_test(simd_quantizers_are_bit_identical_to_scalar),
         cmocka_unit_test(simd_decoders_are_bit_identical_to_scalar),
+        cmocka_unit_test(vector_exp_kernels_match_expf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
