@@ -13,6 +13,12 @@
  * refusal), and prints it. adapter: the same with a GGUF LoRA adapter sent
  * whole as adapter.set with its round.
  *
+ * With --url the payload is not sent: the offer's args name the URL
+ * ({"url": ...}, inside the signed command) and the device downloads it
+ * (agent/fleet_ota.h); the local file given (--model, --delta or the
+ * adapter) must be the very bytes the URL serves, since the manifest is made
+ * from it.
+ *
  * The MQTT client is agent/cli_mqtt.h (shared with `outpost fleet cmd`), with a clean
  * session, subscribed to /resp before anything is sent (replies are not
  * retained). Waiting is on one mutex and condition variable filled by
@@ -43,16 +49,18 @@ static const char *const cmd = "fleet";
 
 static const char publish_usage[] =
     "usage: outpost fleet publish --broker URL (--device ID | --group G) -s SECKEY\n"
-    "                             --version N --model NEW.gguf [--base OLD.gguf]\n"
-    "                             [options]\n"
+    "                             --version N (--model NEW.gguf [--base OLD.gguf] |\n"
+    "                             --delta DELTA) [--url URL] [options]\n"
     "       outpost fleet adapter --broker URL (--device ID | --group G) -s SECKEY\n"
-    "                             --round N [options] ADAPTER.gguf\n"
+    "                             --round N [--url URL] [options] ADAPTER.gguf\n"
     "\n"
     "publish offers a model update: the whole NEW.gguf, or with --base a delta from\n"
     "OLD.gguf (the model the device serves) to NEW.gguf. adapter offers a LoRA\n"
     "adapter for the device's model. The signed manifest rides in a signed command\n"
     "(model.offer / adapter.set); the file follows in chunks on the /ota topic;\n"
     "the device's reply (after it installed, or refused) is printed on stdout.\n"
+    "With --url the file is not sent: the device downloads it over HTTPS (resuming\n"
+    "with Range requests) from URL, which must serve exactly the local file.\n"
     "\n"
     "  --broker URL        mqtt://host:port or mqtts://host:port\n"
     "  --device ID | --group G   the target\n"
@@ -61,6 +69,10 @@ static const char publish_usage[] =
     "  --prefix P          topic prefix (default outpost/v1)\n"
     "  --ca FILE, --cert FILE, --key FILE   TLS files for mqtts\n"
     "  --chunk-size BYTES  chunk size (default 256 KiB)\n"
+    "  --delta FILE        publish: a delta made by `outpost ota diff` (against the\n"
+    "                      model the device serves) instead of --model/--base\n"
+    "  --url URL           the device fetches the payload from this https:// URL\n"
+    "                      (the manifest still names every chunk's hash)\n"
     "  --probe TEXT        health check prompt (default: the device's)\n"
     "  --expect TEXT       the probe's answer must contain TEXT\n"
     "  --max-ppl X         the probe text's perplexity must be at most X\n"
@@ -75,7 +87,7 @@ static const char publish_usage[] =
 
 typedef struct pub_opts {
     const char *broker, *device, *group, *seckey, *prefix, *ca, *cert, *key;
-    const char *model, *base, *probe, *expect;
+    const char *model, *base, *probe, *expect, *delta, *url;
     long version, chunk_size, timeout_s, corrupt_chunk;
     double max_ppl;
     uint64_t seq;
@@ -110,6 +122,8 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
     args = json_pack("{s:s, s:s}", "manifest", mtext, "manifest_sig", sigtext);
     if (args && round > 0)
         json_object_set_new(args, "round", json_integer(round));
+    if (args && o->url)
+        json_object_set_new(args, "url", json_string(o->url));
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     uint64_t seq = o->seq ? o->seq
@@ -163,8 +177,13 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
     pthread_mutex_lock(&m.mu);
     bool refused = m.n_replies > 0;
     pthread_mutex_unlock(&m.mu);
-    /* The chunks, in order; the device stores each before acknowledging. */
     double t0 = cli_now();
+    if (o->url) {
+        fprintf(stderr, "outpost fleet: %s seq %" PRIu64 ": the device fetches %" PRIu64
+                " bytes from %s; waiting for the reply\n", name, seq, mf->payload_size, o->url);
+        goto wait_reply;
+    }
+    /* The chunks, in order; the device stores each before acknowledging. */
     in = fopen(payload_path, "rb");
     buf = malloc(mf->chunk_size);
     if (!in || !buf) {
@@ -200,6 +219,7 @@ static int send_update(const pub_opts *o, const char *name, const char *payload_
     fprintf(stderr, "outpost fleet: %s seq %" PRIu64 ": %" PRIu64 " bytes in %" PRIu32
             " chunks sent in %.1f s; waiting for the reply\n", name, seq, mf->payload_size,
             mf->n_chunks, cli_now() - t0);
+wait_reply:;
     double deadline = cli_now() + (double)o->timeout_s;
     size_t n_replies = cli_mqtt_wait_replies(&m, 0, deadline);
     pthread_mutex_lock(&m.mu);
@@ -231,7 +251,7 @@ out:
 
 enum { OPT_BROKER = 256, OPT_DEVICE, OPT_GROUP, OPT_PREFIX, OPT_CA, OPT_CERT, OPT_KEY,
        OPT_VERSION, OPT_MODEL, OPT_BASE, OPT_CHUNK, OPT_PROBE, OPT_EXPECT, OPT_MAXPPL,
-       OPT_TIMEOUT, OPT_SEQ, OPT_CORRUPT, OPT_ROUND };
+       OPT_TIMEOUT, OPT_SEQ, OPT_CORRUPT, OPT_ROUND, OPT_DELTA, OPT_URL };
 
 static const struct option pub_long[] = {
     {"broker", required_argument, NULL, OPT_BROKER},
@@ -253,6 +273,8 @@ static const struct option pub_long[] = {
     {"seq", required_argument, NULL, OPT_SEQ},
     {"corrupt-chunk", required_argument, NULL, OPT_CORRUPT},
     {"round", required_argument, NULL, OPT_ROUND},
+    {"delta", required_argument, NULL, OPT_DELTA},
+    {"url", required_argument, NULL, OPT_URL},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -279,6 +301,14 @@ static int parse_pub(int argc, char **argv, pub_opts *o, long *round)
         case OPT_BASE: o->base = optarg; break;
         case OPT_PROBE: o->probe = optarg; break;
         case OPT_EXPECT: o->expect = optarg; break;
+        case OPT_DELTA: o->delta = optarg; break;
+        case OPT_URL:
+            if (strncmp(optarg, "https://", 8) != 0 || strlen(optarg) <= 8) {
+                cli_error(cmd, "--url: expected an https:// URL, got '%s'", optarg);
+                return CLI_USAGE;
+            }
+            o->url = optarg;
+            break;
         case OPT_VERSION:
             if (!cli_parse_long(cmd, "--version", optarg, 1, INT64_MAX / 2, &o->version))
                 return CLI_USAGE;
@@ -332,9 +362,14 @@ int fleet_publish_main(int argc, char **argv)
     int rc = parse_pub(argc, argv, &o, &round);
     if (rc)
         return rc < 0 ? CLI_OK : rc;
-    if (!o.model || !o.version || optind < argc) {
-        cli_error(cmd, "publish: --version N and --model NEW.gguf are required (and nothing "
-                       "else)");
+    if (!o.model == !o.delta || !o.version || optind < argc || (o.delta && o.base)) {
+        cli_error(cmd, "publish: --version N and one of --model NEW.gguf or --delta DELTA are "
+                       "required (and nothing else; --base goes with --model)");
+        return CLI_USAGE;
+    }
+    if (o.url && o.base) {
+        cli_error(cmd, "publish: --url with --base: the URL must serve the delta itself; make "
+                       "it with `outpost ota diff` and pass it with --delta");
         return CLI_USAGE;
     }
     if (sodium_init() < 0) {
@@ -342,7 +377,7 @@ int fleet_publish_main(int argc, char **argv)
         return CLI_FAIL;
     }
     char err[256], delta_path[64] = "";
-    const char *payload = o.model;
+    const char *payload = o.delta ? o.delta : o.model;
     int status = CLI_FAIL;
     ota_manifest *mf = NULL;
     if (o.base) {
@@ -365,7 +400,8 @@ int fleet_publish_main(int argc, char **argv)
                 cli_now() - t0);
         payload = delta_path;
     }
-    if (ota_manifest_from_file(payload, o.base ? OTA_MANIFEST_DELTA : OTA_MANIFEST_FULL,
+    if (ota_manifest_from_file(payload,
+                               o.base || o.delta ? OTA_MANIFEST_DELTA : OTA_MANIFEST_FULL,
                                (uint64_t)o.version, (uint32_t)o.chunk_size, &mf, err) ||
         ((o.probe || o.expect || o.max_ppl > 0) &&
          ota_manifest_set_health(mf, o.probe ? o.probe : "Hello", o.expect, o.max_ppl, err))) {
@@ -387,7 +423,7 @@ int fleet_adapter_main(int argc, char **argv)
     int rc = parse_pub(argc, argv, &o, &round);
     if (rc)
         return rc < 0 ? CLI_OK : rc;
-    if (!round || optind != argc - 1 || o.model || o.base) {
+    if (!round || optind != argc - 1 || o.model || o.base || o.delta) {
         cli_error(cmd, "adapter: --round N and one ADAPTER.gguf are required");
         return CLI_USAGE;
     }

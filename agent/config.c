@@ -229,6 +229,8 @@ static const row rows[] = {
      .check = check_topic_prefix, .def = "outpost/v1", .doc = "MQTT topic prefix"},
     {.path = "fleet.ca", .type = KT_PATH, AT(fleet.ca), .flags = F_OPT, .flag = "ca",
      .doc = "CA certificate for mqtts; nil: the system's"},
+    {.path = "fleet.ota_ca", .type = KT_PATH, AT(fleet.ota_ca), .flags = F_OPT,
+     .doc = "CA certificate(s) for OTA downloads by https:// URL; nil: the system's"},
     {.path = "fleet.cert", .type = KT_PATH, AT(fleet.cert), .flags = F_OPT, .flag = "cert",
      .doc = "client certificate for mqtts"},
     {.path = "fleet.key", .type = KT_PATH, AT(fleet.key), .flags = F_OPT, .flag = "key",

@@ -203,6 +203,7 @@ typedef struct cfg {
         cfg_strs groups;    /* same alphabet as device_id */
         char *topic_prefix; /* default "outpost/v1" */
         char *ca, *cert, *key; /* TLS files for mqtts (key is a path, not a secret) */
+        char *ota_ca;          /* CA file for OTA downloads by https:// URL; NULL: system's */
         char *username, *password; /* NULL: none; password is a secret */
         int64_t mqtt_version;      /* 4 (3.1.1, default) or 5 */
         int64_t keepalive_s, reconnect_min_ms, reconnect_max_ms;

@@ -17,6 +17,7 @@
 #include "fleet_ota.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -28,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fetch_http.h"
 #include "install.h"
 #include "manifest.h"
 #include "ota_sign.h"
@@ -42,6 +44,16 @@
 #define PROBE_DEFAULT "Hello"
 #define PROBE_MAX_TOKENS 16
 #define PATH_BYTES 4200
+/* Delivery by URL (args.url): libcurl's limits for one GET, and the retries:
+ * up to URL_MAX_TRIES GETs in a row that store no chunk, URL_BACKOFF_MIN_MS
+ * apart at first, doubling up to URL_BACKOFF_MAX_MS. */
+#define URL_MAX_BYTES 2048
+#define URL_CONNECT_TIMEOUT_S 15L
+#define URL_LOW_SPEED_BYTES 1024L
+#define URL_LOW_SPEED_TIME_S 30L
+#define URL_MAX_TRIES 6u
+#define URL_BACKOFF_MIN_MS 500.0
+#define URL_BACKOFF_MAX_MS 8000.0
 
 typedef enum offer_kind { OFFER_MODEL, OFFER_ADAPTER } offer_kind;
 
@@ -65,6 +77,7 @@ typedef struct offer {
     char cmd[FLEET_CMD_NAME_MAX + 1];
     uint64_t round;
     char *manifest, *sig;
+    char *url; /* NULL: the payload comes in chunks on /ota */
     mview m;
     ota_xfer *xfer;
     bool failed;
@@ -81,6 +94,10 @@ struct fleet_ota {
     bool have_key;
     ota_pubkey key;
     fleet *fleet;
+    char fetch_module[PATH_BYTES]; /* "": no delivery by URL */
+    char url_ca[PATH_BYTES];       /* "": the system's CAs */
+    void *fetch_dl;                /* worker-only; opened once, never closed */
+    const fetch_http_ops *fetch;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -160,6 +177,7 @@ static void offer_free(offer *f)
     mview_free(&f->m);
     free(f->manifest);
     free(f->sig);
+    free(f->url);
     free(f);
 }
 
@@ -184,6 +202,10 @@ static int offer_save(fleet_ota *o, const offer *f, char err[256])
                           f->kind == OFFER_MODEL ? "model" : "adapter", "seq", (json_int_t)f->seq,
                           "cmd", f->cmd, "round", (json_int_t)f->round, "manifest", f->manifest,
                           "manifest_sig", f->sig);
+    if (j && f->url && json_object_set_new(j, "url", json_string(f->url))) {
+        json_decref(j);
+        j = NULL;
+    }
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!text) {
@@ -198,11 +220,13 @@ static int offer_save(fleet_ota *o, const offer *f, char err[256])
 /* The offer from its parts, manifest parsed (not yet verified); *out owns
  * copies. */
 static int offer_build(offer_kind kind, uint64_t seq, const char *cmd, uint64_t round,
-                       const char *manifest, const char *sig, offer **out, char err[256])
+                       const char *manifest, const char *sig, const char *url, offer **out,
+                       char err[256])
 {
     *out = NULL;
     offer *f = calloc(1, sizeof *f);
-    if (!f || !(f->manifest = strdup(manifest)) || !(f->sig = strdup(sig))) {
+    if (!f || !(f->manifest = strdup(manifest)) || !(f->sig = strdup(sig)) ||
+        (url && !(f->url = strdup(url)))) {
         offer_free(f);
         snprintf(err, 256, "out of memory");
         return -1;
@@ -332,15 +356,46 @@ static void offer_end(fleet_ota *o, offer *f)
 
 /* ---- command handlers (fleet thread) ------------------------------------------------- */
 
+/* args.url: an https:// URL of printable ASCII, no spaces, bounded. */
+static int url_check(fleet_ota *o, const char *name, const char *url, char err[256])
+{
+    size_t n = strlen(url);
+    if (strncmp(url, "https://", 8) != 0 || n <= 8 || n > URL_MAX_BYTES) {
+        snprintf(err, 256, "%s: args.url \"%.60s\": expected an https:// URL of at most %d "
+                 "bytes", name, url, URL_MAX_BYTES);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (url[i] <= 0x20 || url[i] >= 0x7f) {
+            snprintf(err, 256, "%s: args.url: byte %zu is 0x%02x (expected printable ASCII, no "
+                     "spaces)", name, i, (unsigned char)url[i]);
+            return -1;
+        }
+    if (!o->fetch_module[0]) {
+        snprintf(err, 256, "%s: args.url: this agent has no download module (delivery by URL "
+                 "is off)", name);
+        return -1;
+    }
+    return 0;
+}
+
 static int on_offer(fleet_ota *o, offer_kind kind, const fleet_cmd *cmd, char err[256])
 {
     json_t *jm = json_object_get(cmd->args, "manifest");
     json_t *js = json_object_get(cmd->args, "manifest_sig");
     json_t *jr = json_object_get(cmd->args, "round");
+    json_t *ju = json_object_get(cmd->args, "url");
     if (!json_is_string(jm) || !json_is_string(js)) {
         snprintf(err, 256, "%s: args need \"manifest\" and \"manifest_sig\" strings", cmd->name);
         return -1;
     }
+    if (ju && !json_is_string(ju)) {
+        snprintf(err, 256, "%s: args.url: expected a string", cmd->name);
+        return -1;
+    }
+    const char *url = ju ? json_string_value(ju) : NULL;
+    if (url && url_check(o, cmd->name, url, err))
+        return -1;
     uint64_t round = 0;
     if (kind == OFFER_ADAPTER) {
         if (!json_is_integer(jr) || json_integer_value(jr) < 1) {
@@ -351,7 +406,7 @@ static int on_offer(fleet_ota *o, offer_kind kind, const fleet_cmd *cmd, char er
     }
     offer *f = NULL;
     if (offer_build(kind, cmd->seq, cmd->name, round, json_string_value(jm),
-                    json_string_value(js), &f, err))
+                    json_string_value(js), url, &f, err))
         return -1;
     pthread_mutex_lock(&o->mu);
     int rc = -1;
@@ -390,9 +445,10 @@ static int on_offer(fleet_ota *o, offer_kind kind, const fleet_cmd *cmd, char er
     char idhex[2 * OTA_XFER_ID_BYTES + 1];
     ota_xfer_id_hex(ota_xfer_id(f->xfer), idhex);
     fprintf(stderr, "outpost serve: ota: %s accepted: %s %" PRIu64 ", transfer %s, %" PRIu32
-            " chunks (%" PRIu32 " already here)\n", cmd->name,
+            " chunks (%" PRIu32 " already here)%s%.200s\n", cmd->name,
             kind == OFFER_MODEL ? "version" : "round", kind == OFFER_MODEL ? f->m.version : round,
-            idhex, ota_xfer_n_chunks(f->xfer), ota_xfer_n_received(f->xfer));
+            idhex, ota_xfer_n_chunks(f->xfer), ota_xfer_n_received(f->xfer),
+            f->url ? ", from " : "", f->url ? f->url : "");
     o->cur = f;
     f = NULL;
     pthread_cond_broadcast(&o->cv);
@@ -438,7 +494,10 @@ static int on_chunk(void *ud, const char *topic, const void *msg, size_t len, ch
     pthread_mutex_lock(&o->mu);
     int rc = 0;
     offer *f = o->cur;
-    if (f && f->xfer && !f->failed && !memcmp(id, ota_xfer_id(f->xfer), OTA_XFER_ID_BYTES)) {
+    if (f && f->xfer && f->url && !memcmp(id, ota_xfer_id(f->xfer), OTA_XFER_ID_BYTES)) {
+        rc = 0; /* the worker downloads this one; chunks of it are dropped */
+    } else if (f && f->xfer && !f->failed &&
+               !memcmp(id, ota_xfer_id(f->xfer), OTA_XFER_ID_BYTES)) {
         char perr[256];
         int prc = ota_xfer_put(f->xfer, index, data, n, perr);
         if (prc == OTA_ECHUNK) {
@@ -896,6 +955,209 @@ static void recovery_follow_up(fleet_ota *o)
      * the apply restarts from the payload when it is complete. */
 }
 
+/* ---- delivery by URL (worker) ------------------------------------------------------------ */
+
+static bool stopping(fleet_ota *o)
+{
+    pthread_mutex_lock(&o->mu);
+    bool stop = o->stop;
+    pthread_mutex_unlock(&o->mu);
+    return stop;
+}
+
+/* outpost-fetch.so, loaded on the first URL offer (fetch_http.h). */
+static const fetch_http_ops *fetch_load(fleet_ota *o, char err[256])
+{
+    if (o->fetch)
+        return o->fetch;
+    void *h = dlopen(o->fetch_module, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *why = dlerror();
+        snprintf(err, 256, "cannot load the download module: %s", why ? why : o->fetch_module);
+        return NULL;
+    }
+    const fetch_http_ops *ops = dlsym(h, FETCH_HTTP_SYMBOL);
+    if (!ops || ops->abi_version != FETCH_HTTP_ABI_VERSION ||
+        ops->struct_size < sizeof(fetch_http_ops) || !ops->get) {
+        snprintf(err, 256, "%s: %s (expected version %u; reinstall outpost)", o->fetch_module,
+                 !ops ? "no " FETCH_HTTP_SYMBOL " symbol" : "a mismatched download module",
+                 FETCH_HTTP_ABI_VERSION);
+        dlclose(h);
+        return NULL;
+    }
+    o->fetch_dl = h;
+    o->fetch = ops;
+    return ops;
+}
+
+/* One GET's bytes, cut into the manifest's chunks, each stored (hash
+ * checked, fsync'd, map bit set) by ota_xfer_put as soon as it is whole. */
+typedef struct url_dl {
+    fleet_ota *o;
+    offer *f;
+    uint8_t *buf;    /* the chunk being filled */
+    uint32_t index;  /* its index */
+    size_t have;     /* its bytes so far */
+    uint32_t stored; /* chunks this GET stored */
+    bool bad;        /* a chunk did not match the manifest: the update fails */
+    char err[256];
+} url_dl;
+
+static size_t chunk_bytes(const ota_xfer_spec *s, uint32_t i)
+{
+    uint64_t left = s->size_bytes - (uint64_t)i * s->chunk_size_bytes;
+    return left < s->chunk_size_bytes ? (size_t)left : s->chunk_size_bytes;
+}
+
+static bool url_on_data(void *ud, uint64_t at_bytes, const void *p, size_t n)
+{
+    url_dl *d = ud;
+    const ota_xfer_spec *s = &d->f->m.spec;
+    if (stopping(d->o)) {
+        snprintf(d->err, sizeof d->err, "the agent is stopping");
+        return false;
+    }
+    const uint8_t *b = p;
+    uint64_t next = (uint64_t)d->index * s->chunk_size_bytes + d->have;
+    if (at_bytes > next) {
+        snprintf(d->err, sizeof d->err, "the server sent byte %" PRIu64 " where %" PRIu64
+                 " was due", at_bytes, next);
+        return false;
+    }
+    if (n <= next - at_bytes) /* before what is needed (a 200 from byte 0) */
+        return true;
+    b += next - at_bytes;
+    n -= (size_t)(next - at_bytes);
+    while (n > 0) {
+        if (d->index >= s->n_chunks) {
+            snprintf(d->err, sizeof d->err, "the server sends more than the manifest's %" PRIu64
+                     " bytes", s->size_bytes);
+            d->bad = true;
+            return false;
+        }
+        size_t want = chunk_bytes(s, d->index) - d->have;
+        size_t take = n < want ? n : want;
+        memcpy(d->buf + d->have, b, take);
+        d->have += take;
+        b += take;
+        n -= take;
+        if (d->have < chunk_bytes(s, d->index))
+            continue;
+        pthread_mutex_lock(&d->o->mu);
+        int rc = ota_xfer_put(d->f->xfer, d->index, d->buf, d->have, d->err);
+        pthread_mutex_unlock(&d->o->mu);
+        if (rc) {
+            d->bad = rc == OTA_ECHUNK;
+            return false;
+        }
+        d->index++;
+        d->have = 0;
+        d->stored++;
+    }
+    return true;
+}
+
+static bool url_cancelled(void *ud)
+{
+    url_dl *d = ud;
+    return stopping(d->o);
+}
+
+/* Wait ms, or less if the agent stops. */
+static void url_backoff(fleet_ota *o, double ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ns = (long long)ts.tv_nsec + (long long)(ms * 1e6);
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    pthread_mutex_lock(&o->mu);
+    while (!o->stop && pthread_cond_timedwait(&o->cv, &o->mu, &ts) != ETIMEDOUT) {
+    }
+    pthread_mutex_unlock(&o->mu);
+}
+
+/* Download the offer's payload from its URL into its transfer, from the
+ * first chunk not stored yet (a Range request after a broken connection or
+ * a restart). 0: every chunk is stored; 1: the agent stops (the offer
+ * resumes at the next start); -1: the update fails (err): a chunk that does
+ * not match the manifest, or URL_MAX_TRIES GETs in a row that stored
+ * nothing. */
+static int url_download(fleet_ota *o, offer *f, char err[256])
+{
+    const fetch_http_ops *ops = fetch_load(o, err);
+    if (!ops)
+        return -1;
+    const ota_xfer_spec *s = &f->m.spec;
+    url_dl d = {.o = o, .f = f, .buf = malloc(s->chunk_size_bytes ? s->chunk_size_bytes : 1)};
+    if (!d.buf) {
+        snprintf(err, 256, "url: out of memory for a %" PRIu32 "-byte chunk", s->chunk_size_bytes);
+        return -1;
+    }
+    unsigned tries = 0;
+    double backoff_ms = URL_BACKOFF_MIN_MS;
+    int rc = 0;
+    while (!ota_xfer_complete(f->xfer)) {
+        uint32_t first = 0;
+        while (first < s->n_chunks && ota_xfer_has_chunk(f->xfer, first))
+            first++;
+        d.index = first;
+        d.have = 0;
+        d.stored = 0;
+        d.err[0] = '\0';
+        fetch_http_req req = {
+            .url = f->url,
+            .offset_bytes = (uint64_t)first * s->chunk_size_bytes,
+            .max_bytes = s->size_bytes,
+            .ca_file = o->url_ca[0] ? o->url_ca : NULL,
+            .connect_timeout_s = URL_CONNECT_TIMEOUT_S,
+            .low_speed_bytes = URL_LOW_SPEED_BYTES,
+            .low_speed_time_s = URL_LOW_SPEED_TIME_S,
+            .on_data = url_on_data,
+            .cancelled = url_cancelled,
+            .ud = &d,
+        };
+        fetch_http_result res;
+        char ferr[256] = "";
+        int grc = ops->get(&req, &res, ferr);
+        fprintf(stderr, "outpost serve: ota: GET from byte %" PRIu64 ": HTTP %ld, %" PRIu64
+                " bytes, %" PRIu32 " chunks stored (%" PRIu32 " of %" PRIu32 ")%s%s\n",
+                req.offset_bytes, res.status, res.body_bytes, d.stored,
+                ota_xfer_n_received(f->xfer), s->n_chunks, grc ? ": " : "",
+                grc ? (d.err[0] ? d.err : ferr) : "");
+        if (d.bad) {
+            snprintf(err, 256, "url: %s", d.err);
+            rc = -1;
+            break;
+        }
+        if (stopping(o)) {
+            rc = 1;
+            break;
+        }
+        if (ota_xfer_complete(f->xfer))
+            break;
+        if (!grc)
+            snprintf(ferr, sizeof ferr, "%.120s: the body ended after %" PRIu64 " bytes, "
+                     "before the manifest's %" PRIu64, f->url,
+                     req.offset_bytes + res.body_bytes, s->size_bytes);
+        else if (d.err[0])
+            snprintf(ferr, sizeof ferr, "%s", d.err);
+        if (d.stored) {
+            tries = 0;
+            backoff_ms = URL_BACKOFF_MIN_MS;
+        }
+        if (++tries >= URL_MAX_TRIES) {
+            snprintf(err, 256, "url: %s (%u tries)", ferr, tries);
+            rc = -1;
+            break;
+        }
+        url_backoff(o, backoff_ms);
+        backoff_ms = backoff_ms * 2 > URL_BACKOFF_MAX_MS ? URL_BACKOFF_MAX_MS : backoff_ms * 2;
+    }
+    free(d.buf);
+    return rc;
+}
+
 static void *worker_main(void *arg)
 {
     fleet_ota *o = arg;
@@ -914,6 +1176,19 @@ static void *worker_main(void *arg)
         bool ready = f && (f->failed || (f->xfer && ota_xfer_complete(f->xfer)));
         if (o->stop)
             break;
+        if (!ready && f && f->url && f->xfer) {
+            /* Delivery by URL: the worker downloads (cur stays f: only the
+             * worker clears it). */
+            pthread_mutex_unlock(&o->mu);
+            char derr[256] = "";
+            int drc = url_download(o, f, derr);
+            pthread_mutex_lock(&o->mu);
+            if (drc < 0) {
+                f->failed = true;
+                snprintf(f->fail_err, sizeof f->fail_err, "%s", derr);
+            }
+            continue;
+        }
         if (!ready) {
             pthread_mutex_unlock(&o->mu);
             retire_poll(o, false);
@@ -974,11 +1249,13 @@ static void offer_restore(fleet_ota *o)
     json_int_t seq = 0, round = 0;
     char err[256] = "";
     offer *f = NULL;
-    if (!j || json_unpack(j, "{s:s, s:I, s:s, s:I, s:s, s:s}", "kind", &kind, "seq", &seq, "cmd",
-                          &cmd, "round", &round, "manifest", &manifest, "manifest_sig", &sig)) {
+    const char *url = NULL;
+    if (!j || json_unpack(j, "{s:s, s:I, s:s, s:I, s:s, s:s, s?s}", "kind", &kind, "seq", &seq,
+                          "cmd", &cmd, "round", &round, "manifest", &manifest, "manifest_sig",
+                          &sig, "url", &url)) {
         snprintf(err, 256, "%s: unreadable", o->offer_path);
     } else if (!offer_build(strcmp(kind, "adapter") ? OFFER_MODEL : OFFER_ADAPTER,
-                            (uint64_t)seq, cmd, (uint64_t)round, manifest, sig, &f, err) &&
+                            (uint64_t)seq, cmd, (uint64_t)round, manifest, sig, url, &f, err) &&
                !ota_xfer_open(o->ota_dir, &f->m.spec, &f->xfer, err)) {
         fprintf(stderr, "outpost serve: ota: resuming %s seq %" PRIu64 " (%" PRIu32 " of %" PRIu32
                 " chunks here)\n", f->cmd, f->seq, ota_xfer_n_received(f->xfer),
@@ -1028,6 +1305,9 @@ int fleet_ota_open(const fleet_ota_opts *opts, fleet_ota **out, char err[256])
     }
     o->host = opts->host;
     snprintf(o->state_dir, sizeof o->state_dir, "%s", opts->state_dir);
+    snprintf(o->fetch_module, sizeof o->fetch_module, "%s",
+             opts->fetch_module ? opts->fetch_module : "");
+    snprintf(o->url_ca, sizeof o->url_ca, "%s", opts->url_ca ? opts->url_ca : "");
     snprintf(o->ota_dir, sizeof o->ota_dir, "%s/ota", o->state_dir);
     snprintf(o->offer_path, sizeof o->offer_path, "%s/offer", o->ota_dir);
     snprintf(o->adapter_dir, sizeof o->adapter_dir, "%s/adapters", o->state_dir);

@@ -20,6 +20,22 @@
  * update at once with a failure reply (the chunk is acknowledged so the
  * broker forgets it; later chunks of that transfer are dropped).
  *
+ * Delivery by URL: args may name {"url": "https://..."} (the command is
+ * signed, so the URL is the fleet's; the manifest is unchanged). Then no
+ * chunks travel on /ota (any that do for that transfer are dropped): the
+ * worker downloads the payload with outpost-fetch.so (libcurl, loaded on
+ * the first such offer, fetch_http.h) into the same transfer files, cutting
+ * the body into the manifest's chunks, each hash-checked and stored
+ * durably as a chunk from MQTT would be. After a broken connection, or a
+ * restart (the offer file keeps the URL), it asks "Range: bytes=N-" from
+ * the first chunk not stored. TLS is verified (fleet.ota_ca, or the
+ * system's CAs); https:// only. Connect timeout 15 s, a transfer below
+ * 1 KiB/s for 30 s is cut; up to 6 GETs in a row that store nothing,
+ * 0.5 s apart doubling to 8 s, then the update fails. A chunk that does not
+ * match the manifest fails it at once. The rest (whole-file hash, install,
+ * health check, commit or roll back, the one /resp reply) is the chunked
+ * path's.
+ *
  * Crash safety: the offer file and the transfer's map make a restart resume
  * the download where it was; ota/install's recovery keeps a model to serve
  * and says whether the apply restarts or needs its health check, which the
@@ -71,6 +87,8 @@ typedef struct fleet_ota_opts {
     const char *state_dir;      /* <state_dir>/models, /ota, /adapters */
     const char *factory_model;  /* the configured default model file */
     const char *fleet_key_path; /* verifies manifest signatures; NULL: refuse offers */
+    const char *fetch_module;   /* outpost-fetch.so; NULL: offers naming a URL are refused */
+    const char *url_ca;         /* CA file for URL downloads; NULL: the system's */
     fleet_ota_host host;
 } fleet_ota_opts;
 

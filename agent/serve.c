@@ -51,6 +51,7 @@
 #include "cli.h"
 #include "cloud.h"
 #include "config.h"
+#include "fetch_http.h"
 #include "fleet.h"
 #include "fleet_ota.h"
 #include "http.h"
@@ -338,6 +339,9 @@ static void prune(serve_state *S)
 
 /* Remote calls are bounded by <target>.connect_timeout_ms, .timeout_ms
  * (0: limits.request_timeout_s), .retries and .retry_backoff_ms. */
+#ifndef OUTPOST_FETCH_MODULE_PATH
+#define OUTPOST_FETCH_MODULE_PATH "/usr/local/lib/outpost/" FETCH_HTTP_MODULE
+#endif
 #define REMOTE_THREADS 4
 #define REMOTE_QUEUE 8
 #define REMOTE_PROBE_INTERVAL_S 30.0
@@ -932,10 +936,19 @@ static int ota_open(serve_state *S, char err[256])
     const cfg_model *m = default_model_cfg(c);
     if (!c->fleet.broker || !m)
         return 0;
+    /* outpost-fetch.so (agent/fetch_http.h): the build tree's when this
+     * binary is the build tree's, else the installed one. */
+    const char *fetch_module = OUTPOST_FETCH_MODULE_PATH;
+#ifdef OUTPOST_BUILD_DIR
+    if (cli_in_build_tree())
+        fetch_module = OUTPOST_BUILD_DIR "/agent/" FETCH_HTTP_MODULE;
+#endif
     fleet_ota_opts o = {
         .state_dir = c->state_dir,
         .factory_model = m->path,
         .fleet_key_path = c->fleet.fleet_key,
+        .fetch_module = fetch_module,
+        .url_ca = c->fleet.ota_ca,
         .host = {.ud = S, .model_open = ota_model_open, .model_swap = ota_model_swap,
                  .model_current = ota_model_current},
     };

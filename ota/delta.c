@@ -7,7 +7,9 @@
  * before a patch writes its first byte); anonymous memory is a fixed set of
  * piece-sized buffers and one zstd context, whatever the model size, since
  * the model files and the delta are mapped and tensors are processed in
- * pieces; a patch never leaves out_path half-written.
+ * pieces; a patch never leaves out_path half-written, and renames nothing
+ * into place before the base's hash (computed by a second thread while the
+ * output is written) matched the delta's.
  */
 #include "delta.h"
 
@@ -16,6 +18,8 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,10 +122,14 @@ typedef struct mapped {
     size_t n;
 } mapped;
 
-static int map_file(const char *path, mapped *m, char err[256])
+/* Map path read-only; with keep_fd the open descriptor is handed to the
+ * caller (who closes it), else closed here. */
+static int map_file_fd(const char *path, mapped *m, int *keep_fd, char err[256])
 {
     m->p = NULL;
     m->n = 0;
+    if (keep_fd)
+        *keep_fd = -1;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         set_err(err, "%s: cannot open: %s", path, strerror(errno));
@@ -144,8 +152,16 @@ static int map_file(const char *path, mapped *m, char err[256])
         m->p = p;
         m->n = (size_t)sb.st_size;
     }
-    close(fd);
+    if (keep_fd)
+        *keep_fd = fd;
+    else
+        close(fd);
     return OTA_OK;
+}
+
+static int map_file(const char *path, mapped *m, char err[256])
+{
+    return map_file_fd(path, m, NULL, err);
 }
 
 static void unmap_file(mapped *m)
@@ -1008,23 +1024,236 @@ done:
 
 /* ---- patch -------------------------------------------------------------------- */
 
+/* The patch asks the kernel to start writing the output back every this many
+ * bytes (sync_file_range without waiting), so that the closing fsync finds
+ * little left to write. */
+#define WRITEBACK_STEP_BYTES (UINT64_C(64) << 20)
+
+/* The checks that need no part of the writing: the base's whole-file hash,
+ * and then each rebuilt (non-SAME) tensor's hash, read back from
+ * out_path.tmp (page cache) once the writer has finished that tensor. A
+ * second thread does both while the writer goes on, so the writer only
+ * rebuilds, writes and takes the output's hash; nothing is renamed into
+ * place before the thread is joined and every result compared. Without a
+ * thread (pthread_create failed) the base is hashed before the first byte
+ * is written and the tensors after the last, as one thread would. The
+ * thread only reads the base's mapping and the output file, both of which
+ * outlive it. */
+typedef struct tensor_job {
+    uint64_t out_offset, size_bytes, index;
+    ota_delta_kind kind;
+    uint8_t hash[OTA_DELTA_HASH_BYTES];
+} tensor_job;
+
+typedef struct checker {
+    const uint8_t *p; /* the base */
+    size_t n;
+    uint8_t hash[OTA_DELTA_HASH_BYTES];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    tensor_job *jobs; /* n_jobs queued of cap_jobs (the record count) */
+    size_t n_jobs, cap_jobs, next_job;
+    bool writer_done;
+    int out_fd; /* out_path.tmp, read-only */
+    uint8_t *rbuf;
+    size_t rbuf_bytes;
+    /* results (read after the join) */
+    bool tensor_bad;
+    tensor_job bad;
+    int read_errno; /* reading the output back failed: errno, or -1 for a short read */
+    pthread_t thread;
+    bool threaded;
+} checker;
+
+static void checker_hash_job(checker *c, const tensor_job *jb)
+{
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, OTA_DELTA_HASH_BYTES);
+    for (uint64_t done = 0; done < jb->size_bytes;) {
+        size_t want = jb->size_bytes - done < c->rbuf_bytes ? (size_t)(jb->size_bytes - done)
+                                                             : c->rbuf_bytes;
+        ssize_t r = pread(c->out_fd, c->rbuf, want, (off_t)(jb->out_offset + done));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            c->read_errno = r < 0 ? errno : -1;
+            return;
+        }
+        crypto_generichash_update(&st, c->rbuf, (size_t)r);
+        done += (uint64_t)r;
+    }
+    uint8_t h[OTA_DELTA_HASH_BYTES];
+    crypto_generichash_final(&st, h, sizeof h);
+    if (sodium_memcmp(h, jb->hash, sizeof h) != 0 && !c->tensor_bad) {
+        c->tensor_bad = true;
+        c->bad = *jb;
+    }
+}
+
+/* Hash queued tensors until the writer is done and the queue empty (with
+ * wait false: only what is queued now). After the first failure the rest
+ * are skipped. */
+static void checker_run_jobs(checker *c, bool wait)
+{
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        if (c->next_job < c->n_jobs) {
+            tensor_job jb = c->jobs[c->next_job++];
+            pthread_mutex_unlock(&c->mu);
+            if (!c->tensor_bad && c->read_errno == 0)
+                checker_hash_job(c, &jb);
+            pthread_mutex_lock(&c->mu);
+            continue;
+        }
+        if (c->writer_done || !wait)
+            break;
+        pthread_cond_wait(&c->cv, &c->mu);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void *checker_main(void *arg)
+{
+    checker *c = arg;
+    hash_buffer(c->p, c->n, c->hash);
+    checker_run_jobs(c, true);
+    return NULL;
+}
+
+static int checker_init(checker *c, const uint8_t *p, size_t n, size_t cap_jobs,
+                        size_t rbuf_bytes)
+{
+    memset(c, 0, sizeof *c);
+    c->p = p;
+    c->n = n;
+    c->out_fd = -1;
+    c->cap_jobs = cap_jobs;
+    c->rbuf_bytes = rbuf_bytes;
+    c->jobs = malloc((cap_jobs ? cap_jobs : 1) * sizeof *c->jobs);
+    c->rbuf = malloc(rbuf_bytes);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    return c->jobs && c->rbuf ? OTA_OK : OTA_ENOMEM;
+}
+
+static void checker_start(checker *c)
+{
+    c->threaded = pthread_create(&c->thread, NULL, checker_main, c) == 0;
+    if (!c->threaded)
+        hash_buffer(c->p, c->n, c->hash);
+}
+
+static void checker_push(checker *c, const tensor_job *jb)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->n_jobs < c->cap_jobs)
+        c->jobs[c->n_jobs++] = *jb;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* The writer is done (or gave up): wait for the checks. */
+static void checker_finish(checker *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->writer_done = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    if (c->threaded) {
+        pthread_join(c->thread, NULL);
+        c->threaded = false;
+    } else {
+        checker_run_jobs(c, false);
+    }
+}
+
+static bool checker_base_ok(const checker *c, const uint8_t want[OTA_DELTA_HASH_BYTES])
+{
+    return sodium_memcmp(c->hash, want, OTA_DELTA_HASH_BYTES) == 0;
+}
+
+static void checker_free(checker *c)
+{
+    if (c->threaded)
+        checker_finish(c);
+    if (c->out_fd >= 0)
+        close(c->out_fd);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c->jobs);
+    free(c->rbuf);
+}
+
 typedef struct patcher {
     const char *delta_path, *tmp_path;
     int fd;
+    int base_fd;  /* the base, open, for copy_file_range (-1: write from the map) */
+    bool use_cfr; /* copy_file_range works between these files */
     ZSTD_DCtx *dc;
     uint8_t *pbuf, *tbuf, *mbuf;
-    crypto_generichash_state file_hash;
+    crypto_generichash_state file_hash; /* the output, as it is written */
     uint64_t out_bytes;
+    uint64_t writeback_bytes; /* output handed to writeback so far */
+    checker *check;           /* hashes each rebuilt tensor (read back) */
     char *err;
 } patcher;
+
+static void start_writeback(patcher *pt)
+{
+    if (pt->out_bytes - pt->writeback_bytes < WRITEBACK_STEP_BYTES)
+        return;
+    /* Advice only: an error here shows again at the closing fsync. */
+    (void)sync_file_range(pt->fd, (off_t)pt->writeback_bytes,
+                          (off_t)(pt->out_bytes - pt->writeback_bytes), SYNC_FILE_RANGE_WRITE);
+    pt->writeback_bytes = pt->out_bytes;
+}
 
 static int emit(patcher *pt, const uint8_t *p, size_t n)
 {
     hash_update(&pt->file_hash, p, n);
     int rc = write_all(pt->fd, p, n, pt->tmp_path, pt->err);
-    if (!rc)
+    if (!rc) {
         pt->out_bytes += n;
+        start_writeback(pt);
+    }
     return rc;
+}
+
+/* n bytes the base supplies verbatim at off (a SAME tensor): hashed from the
+ * map into the output's hash, and copied file to file by the kernel
+ * (copy_file_range: no trip through this process, a reflink where the file
+ * system shares extents) or, where it cannot, written from the map. */
+static int emit_base(patcher *pt, const mapped *bm, uint64_t off, size_t n)
+{
+    if (n == 0)
+        return OTA_OK;
+    hash_update(&pt->file_hash, bm->p + off, n);
+    size_t copied = 0;
+    loff_t in_off = (loff_t)off;
+    while (pt->use_cfr && copied < n) {
+        ssize_t c = copy_file_range(pt->base_fd, &in_off, pt->fd, NULL, n - copied, 0);
+        if (c < 0 && errno == EINTR)
+            continue;
+        if (c < 0 && copied == 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL ||
+                                     errno == EOPNOTSUPP || errno == EBADF)) {
+            pt->use_cfr = false; /* not between these files: write from the map */
+            break;
+        }
+        if (c <= 0) {
+            set_err(pt->err, "%s: copying %zu base bytes at %llu failed: %s", pt->tmp_path, n,
+                    (unsigned long long)off, c < 0 ? strerror(errno) : "the base ended early");
+            return OTA_EIO;
+        }
+        copied += (size_t)c;
+    }
+    if (copied < n) {
+        int rc = write_all(pt->fd, bm->p + off + copied, n - copied, pt->tmp_path, pt->err);
+        if (rc)
+            return rc;
+    }
+    pt->out_bytes += n;
+    start_writeback(pt);
+    return OTA_OK;
 }
 
 static int patch_meta(patcher *pt, const uint8_t *src, uint64_t n, uint64_t raw)
@@ -1110,10 +1339,11 @@ static int patch_record(patcher *pt, const mapped *bm, const ota_delta_record *r
          * the diff compared them with the target's tensor; a record pointing
          * elsewhere is caught by the whole-file target hash. Hashing them
          * a third time would only cost time. */
-        return emit(pt, base, (size_t)r->size_bytes);
+        return emit_base(pt, bm, r->base_offset, (size_t)r->size_bytes);
     }
-    crypto_generichash_state th;
-    crypto_generichash_init(&th, NULL, 0, OTA_DELTA_HASH_BYTES);
+    tensor_job jb = {.out_offset = pt->out_bytes, .size_bytes = r->size_bytes, .index = index,
+                     .kind = r->kind};
+    memcpy(jb.hash, r->hash, sizeof jb.hash);
     uint32_t pb = r->piece_bytes;
     uint64_t np = piece_count(r->size_bytes, pb);
     for (uint64_t k = 0; k < np; k++) {
@@ -1136,18 +1366,12 @@ static int patch_record(patcher *pt, const mapped *bm, const ota_delta_record *r
         }
         if (rc)
             return rc;
-        hash_update(&th, pt->pbuf, raw);
         if ((rc = emit(pt, pt->pbuf, raw)))
             return rc;
         src += fl;
     }
-    uint8_t h[OTA_DELTA_HASH_BYTES];
-    crypto_generichash_final(&th, h, sizeof h);
-    if (sodium_memcmp(h, r->hash, sizeof h) != 0) {
-        set_err(pt->err, "%s: record %llu (%s): the rebuilt tensor does not match its hash",
-                pt->delta_path, (unsigned long long)index, ota_delta_kind_name(r->kind));
-        return OTA_DELTA_EHASH;
-    }
+    /* Its hash is checked by the checker thread, from the file. */
+    checker_push(pt->check, &jb);
     return OTA_OK;
 }
 
@@ -1159,7 +1383,9 @@ int ota_delta_patch(const char *base_path, const char *delta_path, const char *o
         return OTA_ECRYPTO;
     }
     mapped dm = {0}, bm = {0};
-    patcher pt = {.delta_path = delta_path, .fd = -1, .err = err};
+    patcher pt = {.delta_path = delta_path, .fd = -1, .base_fd = -1, .use_cfr = true, .err = err};
+    checker ck;
+    bool ck_init = false;
     char *tmp = tmp_path_of(out_path);
     int rc;
     if (!tmp) {
@@ -1168,24 +1394,15 @@ int ota_delta_patch(const char *base_path, const char *delta_path, const char *o
     }
     pt.tmp_path = tmp;
     ota_delta_header h;
+    memset(&h, 0, sizeof h);
     if ((rc = map_file(delta_path, &dm, err)) ||
         (rc = ota_delta_check(dm.p ? dm.p : (const uint8_t *)"", dm.n, delta_path, &h, err)))
         goto done;
-    if ((rc = map_file(base_path, &bm, err)))
+    if ((rc = map_file_fd(base_path, &bm, &pt.base_fd, err)))
         goto done;
     if (bm.n != h.base_bytes) {
         set_err(err, "%s: %zu bytes, but the delta was made from a base of %llu bytes (wrong base)",
                 base_path, bm.n, (unsigned long long)h.base_bytes);
-        rc = OTA_DELTA_EBASE;
-        goto done;
-    }
-    uint8_t hash[OTA_DELTA_HASH_BYTES];
-    hash_buffer(bm.p, bm.n, hash);
-    if (sodium_memcmp(hash, h.base_hash, sizeof hash) != 0) {
-        char want[2 * OTA_DELTA_HASH_BYTES + 1];
-        ota_hash_hex(h.base_hash, want);
-        set_err(err, "%s: BLAKE2b differs from the delta's base %.16s... (wrong base)",
-                base_path, want);
         rc = OTA_DELTA_EBASE;
         goto done;
     }
@@ -1204,26 +1421,57 @@ int ota_delta_patch(const char *base_path, const char *delta_path, const char *o
     pt.mbuf = malloc(META_CHUNK_BYTES);
     pt.pbuf = malloc(pb_max ? pb_max : 1);
     pt.tbuf = malloc(pb_max ? pb_max : 1);
-    if (!pt.dc || !pt.mbuf || !pt.pbuf || !pt.tbuf) {
+    ck_init = true;
+    if (checker_init(&ck, bm.p, bm.n, (size_t)h.n_records, pb_max ? pb_max : 4096) ||
+        !pt.dc || !pt.mbuf || !pt.pbuf || !pt.tbuf) {
         set_err(err, "out of memory");
         goto done;
     }
+    pt.check = &ck;
+    /* The base's hash runs beside the writing; only the rename waits for it. */
+    checker_start(&ck);
+    if (!ck.threaded && !checker_base_ok(&ck, h.base_hash))
+        goto wrong_base; /* hashed first: nothing written */
     pt.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (pt.fd >= 0 && (ck.out_fd = open(tmp, O_RDONLY | O_CLOEXEC)) < 0) {
+        close(pt.fd);
+        pt.fd = -1;
+        unlink(tmp);
+    }
     if (pt.fd < 0) {
         set_err(err, "%s: cannot create: %s", tmp, strerror(errno));
         rc = OTA_EIO;
+    } else {
+        crypto_generichash_init(&pt.file_hash, NULL, 0, OTA_DELTA_HASH_BYTES);
+        rc = patch_meta(&pt, dm.p + OTA_DELTA_HEADER_BYTES, h.meta_payload_bytes, h.meta_bytes);
+        for (uint64_t i = 0; !rc && i <= h.n_records; i++) {
+            ota_delta_record r;
+            ota_delta_record_parse(p, OTA_DELTA_RECORD_BYTES, delta_path, &r, err);
+            rc = patch_record(&pt, &bm, &r, p + OTA_DELTA_RECORD_BYTES, i);
+            p += OTA_DELTA_RECORD_BYTES + r.payload_bytes;
+        }
+    }
+    /* A wrong base explains any failure of the rebuild (a tensor or the
+     * file not matching its hash), so it is what a failure reports. */
+    checker_finish(&ck);
+    if (!checker_base_ok(&ck, h.base_hash))
+        goto wrong_base;
+    if (rc)
+        goto done;
+    if (ck.read_errno) {
+        set_err(err, "%s: reading back record %llu failed: %s", tmp,
+                (unsigned long long)ck.jobs[ck.next_job ? ck.next_job - 1 : 0].index,
+                ck.read_errno > 0 ? strerror(ck.read_errno) : "the file is short");
+        rc = OTA_EIO;
         goto done;
     }
-    crypto_generichash_init(&pt.file_hash, NULL, 0, OTA_DELTA_HASH_BYTES);
-    if ((rc = patch_meta(&pt, dm.p + OTA_DELTA_HEADER_BYTES, h.meta_payload_bytes, h.meta_bytes)))
+    if (ck.tensor_bad) {
+        set_err(err, "%s: record %llu (%s): the rebuilt tensor does not match its hash",
+                delta_path, (unsigned long long)ck.bad.index, ota_delta_kind_name(ck.bad.kind));
+        rc = OTA_DELTA_EHASH;
         goto done;
-    for (uint64_t i = 0; i <= h.n_records; i++) {
-        ota_delta_record r;
-        ota_delta_record_parse(p, OTA_DELTA_RECORD_BYTES, delta_path, &r, err);
-        if ((rc = patch_record(&pt, &bm, &r, p + OTA_DELTA_RECORD_BYTES, i)))
-            goto done;
-        p += OTA_DELTA_RECORD_BYTES + r.payload_bytes;
     }
+    uint8_t hash[OTA_DELTA_HASH_BYTES];
     crypto_generichash_final(&pt.file_hash, hash, sizeof hash);
     if (pt.out_bytes != h.target_bytes || sodium_memcmp(hash, h.target_hash, sizeof hash) != 0) {
         set_err(err, "%s: the rebuilt file does not match the target's BLAKE2b", delta_path);
@@ -1253,11 +1501,23 @@ int ota_delta_patch(const char *base_path, const char *delta_path, const char *o
         stats->delta_bytes = dm.n;
     }
     rc = OTA_OK;
+    goto done;
+wrong_base: {
+        char want[2 * OTA_DELTA_HASH_BYTES + 1];
+        ota_hash_hex(h.base_hash, want);
+        set_err(err, "%s: BLAKE2b differs from the delta's base %.16s... (wrong base)",
+                base_path, want);
+        rc = OTA_DELTA_EBASE;
+    }
 done:
+    if (ck_init) /* joins the thread first: it reads bm and tmp */
+        checker_free(&ck);
     if (pt.fd >= 0) {
         close(pt.fd);
         unlink(tmp);
     }
+    if (pt.base_fd >= 0)
+        close(pt.base_fd);
     ZSTD_freeDCtx(pt.dc);
     free(pt.mbuf);
     free(pt.pbuf);

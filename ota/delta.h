@@ -145,10 +145,17 @@ typedef struct ota_delta_stats {
 int ota_delta_diff(const char *base_path, const char *target_path, const char *out_path,
                    const ota_delta_opts *opts, ota_delta_stats *stats, char err[256]);
 
-/* Rebuild the target into out_path: checks the base's size and hash before
- * writing anything, writes out_path.tmp, checks every tensor's hash and the
- * whole file's, fsyncs, renames into place and fsyncs the directory. On any
- * error out_path is left as it was and out_path.tmp is removed. */
+/* Rebuild the target into out_path: checks the base's size before writing
+ * anything; a second thread hashes the whole base and then each rebuilt
+ * (non-SAME) tensor, read back from out_path.tmp once written, while the
+ * writer rebuilds and writes (taking the whole output's hash as its bytes
+ * are written: no second pass over the file; SAME tensors go file to file
+ * with copy_file_range where the kernel can). Every result is compared
+ * before the rename (fsync the file, rename, fsync the directory). A wrong
+ * base is reported as such (OTA_DELTA_EBASE) even when the rebuild failed
+ * first. On any error out_path is left as it was and out_path.tmp is
+ * removed. Anonymous memory: the piece buffers (three of at most the
+ * largest piece), one zstd context and the second thread's stack. */
 int ota_delta_patch(const char *base_path, const char *delta_path, const char *out_path,
                     ota_delta_stats *stats, char err[256]);
 

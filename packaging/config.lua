@@ -138,6 +138,7 @@ fleet = {
   -- ca = "/etc/outpost/ca.pem",
   -- cert = "/etc/outpost/device.pem",
   -- key = "/etc/outpost/device.key",
+  -- ota_ca = "/etc/outpost/ota-ca.pem", -- CA for OTA downloads by https:// URL (nil: the system's)
   -- username = "pi-kitchen-01",
   -- Better in the environment (OUTPOST_MQTT_PASSWORD) than in this file:
   -- password = "change me",

@@ -272,7 +272,7 @@ static void delta_small_pieces_and_other_alignment_round_trip(void **state)
     assert_int_equal(st.n_new, N_TENSORS);
 }
 
-static void delta_wrong_base_is_refused_before_writing(void **state)
+static void delta_wrong_base_is_refused_out_untouched(void **state)
 {
     fixture *f = *state;
     model_spec b = {.seed = 1}, t = {.seed = 1, .seed_ffn = 3}, other = {.seed = 5};
@@ -294,6 +294,80 @@ static void delta_wrong_base_is_refused_before_writing(void **state)
     /* A base of another size is named as such. */
     spill(f->base, "short", 5);
     assert_int_equal(ota_delta_patch(f->base, f->delta, f->out, NULL, err), OTA_DELTA_EBASE);
+}
+
+/* The base is hashed beside the writing now: a wrong base must still be
+ * refused with OUT untouched and no OUT.tmp, whatever the rebuild did with
+ * it. (a) The base differs only in bytes no record reads (its metadata;
+ * the target's comes from the delta): the rebuilt file is the target
+ * exactly, yet the base's hash is not the delta's. (b) It differs in the
+ * tensor a PATCH record reads: the rebuilt tensor fails its hash, and the
+ * error still names the base. */
+static void delta_wrong_base_is_refused_however_the_rebuild_ends(void **state)
+{
+    fixture *f = *state;
+    model_spec b = {.seed = 1, .name_kv = "base-A"}, t = {.seed = 1, .seed_ffn = 3};
+    model_spec meta_only = {.seed = 1, .name_kv = "base-B"}, ffn = {.seed = 1, .seed_ffn = 7,
+                                                                     .name_kv = "base-A"};
+    write_model(f->base, &b);
+    write_model(f->target, &t);
+    char err[256];
+    ota_delta_stats st;
+    assert_int_equal(ota_delta_diff(f->base, f->target, f->delta, NULL, &st, err), OTA_OK);
+    assert_int_equal(st.n_same, N_TENSORS - 1);
+    const model_spec *wrong[] = {&meta_only, &ffn};
+    for (size_t i = 0; i < 2; i++) {
+        size_t n_before, n_after;
+        free(slurp(f->base, &n_before));
+        write_model(f->base, wrong[i]);
+        free(slurp(f->base, &n_after));
+        assert_int_equal(n_before, n_after); /* same size: only the hash tells */
+        spill(f->out, "old model", 9);
+        err[0] = '\0';
+        assert_int_equal(ota_delta_patch(f->base, f->delta, f->out, NULL, err), OTA_DELTA_EBASE);
+        assert_non_null(strstr(err, "wrong base"));
+        assert_false(exists(f->out_tmp));
+        size_t n;
+        unsigned char *p = slurp(f->out, &n);
+        assert_int_equal(n, 9);
+        assert_memory_equal(p, "old model", 9);
+        free(p);
+    }
+    /* The right base again: the same delta applies. */
+    write_model(f->base, &b);
+    assert_int_equal(ota_delta_patch(f->base, f->delta, f->out, NULL, err), OTA_OK);
+    assert_same_file(f->out, f->target);
+}
+
+/* SAME tensors are copied file to file (copy_file_range) where the kernel
+ * can, else written from the map: a base on another file system (tmpfs
+ * /dev/shm, when there is one) takes whichever path works, and the output
+ * is still the target byte for byte. */
+static void delta_same_tensors_copy_across_file_systems(void **state)
+{
+    fixture *f = *state;
+    model_spec b = {.seed = 1}, t = {.seed = 1, .seed_ffn = 2};
+    write_model(f->base, &b);
+    write_model(f->target, &t);
+    char err[256];
+    assert_int_equal(ota_delta_diff(f->base, f->target, f->delta, NULL, NULL, err), OTA_OK);
+    char shm_base[64];
+    snprintf(shm_base, sizeof shm_base, "/dev/shm/ota-delta-base-%ld.gguf", (long)getpid());
+    size_t n;
+    unsigned char *p = slurp(f->base, &n);
+    FILE *fp = fopen(shm_base, "wb");
+    if (fp) {
+        assert_int_equal(fwrite(p, 1, n, fp), n);
+        fclose(fp);
+        assert_int_equal(ota_delta_patch(shm_base, f->delta, f->out, NULL, err), OTA_OK);
+        assert_same_file(f->out, f->target);
+        unlink(shm_base);
+    }
+    free(p);
+    /* And on the same file system. */
+    unlink(f->out);
+    assert_int_equal(ota_delta_patch(f->base, f->delta, f->out, NULL, err), OTA_OK);
+    assert_same_file(f->out, f->target);
 }
 
 static void delta_truncated_is_refused_without_output(void **state)
@@ -531,7 +605,9 @@ int main(void)
         T(delta_new_tensor_is_new),
         T(delta_fine_tune_uses_qdiff_and_is_smaller),
         T(delta_small_pieces_and_other_alignment_round_trip),
-        T(delta_wrong_base_is_refused_before_writing),
+        T(delta_wrong_base_is_refused_out_untouched),
+        T(delta_wrong_base_is_refused_however_the_rebuild_ends),
+        T(delta_same_tensors_copy_across_file_systems),
         T(delta_truncated_is_refused_without_output),
         T(delta_corrupted_is_refused_without_output),
         T(delta_not_a_gguf_is_refused_by_diff),
