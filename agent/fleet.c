@@ -26,6 +26,15 @@
  * crash between PUBACK and the store's ack can repeat a message, which the
  * consumer recognises by its "id".
  *
+ * Inbound: a command is stored in the store's inbox before its message
+ * callback returns (which is when Paho sends the PUBACK), then verified and
+ * run on the fleet thread; accepting it persists the new last seq and
+ * deletes it from the inbox in one transaction, before it runs. So a command
+ * the broker saw acknowledged is taken up again after a crash or a stop
+ * (inbox_replay at the next start) and runs at most once; one that was
+ * refused may have its refusal repeated. Chunks of an OTA transfer are
+ * stored by the transfer itself before the PUBACK (ota/transfer.c).
+ *
  * Telemetry: requests recorded by the scheduler (requests table) are copied
  * into the outbox by store_requests_export(), each exactly once, in one
  * transaction with the mark; roll-ups are computed from the same table
@@ -58,6 +67,8 @@
 #define FLEET_LOST_GRACE_S 5.0    /* after a reconnect, before re-sending what Paho dropped */
 #define FLEET_CLOSE_WAIT_MS 3000  /* at close: offline status and outstanding PUBACKs */
 #define FLEET_CHUNK_RETRY_PAUSE_US 200000
+#define FLEET_INBOX_MAX 1024      /* commands stored and not yet taken up */
+#define FLEET_INBOX_MAX_ATTEMPTS 3 /* starts a stored command may be taken up in */
 #define FLEET_POLICY_MAX_BYTES (1u << 20)
 
 /* Settings keys in the store. */
@@ -87,6 +98,7 @@ typedef struct fleet_ev {
     int code;
     char *data; /* EV_CMD: payload; EV_CONNECT_FAILED/EV_LOST: message */
     size_t len;
+    int64_t inbox_id; /* EV_CMD: its row in the store's inbox */
 } fleet_ev;
 
 typedef struct inflight {
@@ -205,8 +217,8 @@ static uint32_t random_u32(void)
 
 /* ---- events (any thread) ------------------------------------------------ */
 
-static void ev_push(fleet *f, ev_kind kind, MQTTAsync_token token, int code, const void *data,
-                    size_t len)
+static void ev_push_cmd(fleet *f, ev_kind kind, MQTTAsync_token token, int code,
+                        const void *data, size_t len, int64_t inbox_id)
 {
     fleet_ev *e = calloc(1, sizeof *e);
     if (!e)
@@ -214,6 +226,7 @@ static void ev_push(fleet *f, ev_kind kind, MQTTAsync_token token, int code, con
     e->kind = kind;
     e->token = token;
     e->code = code;
+    e->inbox_id = inbox_id;
     if (data) {
         if (!(e->data = malloc(len + 1))) {
             free(e);
@@ -231,6 +244,12 @@ static void ev_push(fleet *f, ev_kind kind, MQTTAsync_token token, int code, con
     f->tail = e;
     pthread_cond_signal(&f->cv);
     pthread_mutex_unlock(&f->mu);
+}
+
+static void ev_push(fleet *f, ev_kind kind, MQTTAsync_token token, int code, const void *data,
+                    size_t len)
+{
+    ev_push_cmd(f, kind, token, code, data, len, 0);
 }
 
 static void ev_free(fleet_ev *e)
@@ -330,9 +349,19 @@ static int on_message(void *ctx, char *topic_name, int topic_len, MQTTAsync_mess
             logf_(f, "ota chunk on %s dropped: no OTA handler in this agent", topic_name);
         }
     } else if (plain) {
-        /* An empty message may come with no buffer at all. */
-        ev_push(f, EV_CMD, 0, 0, m->payload ? m->payload : "",
-                m->payload ? (size_t)m->payloadlen : 0);
+        /* Stored before the PUBACK, deleted once accepted or refused: a
+         * command the broker saw acknowledged survives a crash or a stop. An
+         * empty message may come with no buffer at all. */
+        const void *data = m->payload ? m->payload : "";
+        size_t len = m->payload ? (size_t)m->payloadlen : 0;
+        char err[256] = "";
+        int64_t id = 0;
+        if (store_inbox_put(f->st, topic_name, data, len, FLEET_INBOX_MAX, &id, err)) {
+            logf_(f, "command on %s not stored (%s); it will be offered again", topic_name, err);
+            usleep(FLEET_CHUNK_RETRY_PAUSE_US);
+            return 0;
+        }
+        ev_push_cmd(f, EV_CMD, 0, 0, data, len, id);
     }
     MQTTAsync_freeMessage(&m);
     MQTTAsync_free(topic_name);
@@ -341,7 +370,10 @@ static int on_message(void *ctx, char *topic_name, int topic_len, MQTTAsync_mess
 
 /* ---- persistence of the command state ------------------------------------------ */
 
-static int save_state(fleet *f, uint64_t last_seq, const fleet_keys *k, char err[256])
+/* inbox_id > 0: the command that moved the state leaves the inbox in the
+ * same transaction. */
+static int save_state(fleet *f, uint64_t last_seq, const fleet_keys *k, int64_t inbox_id,
+                      char err[256])
 {
     char cur[OTA_PUBKEY_BASE64_LEN + 1], nxt[OTA_PUBKEY_BASE64_LEN + 1];
     ota_pubkey_base64(&k->current, cur);
@@ -355,7 +387,8 @@ static int save_state(fleet *f, uint64_t last_seq, const fleet_keys *k, char err
         snprintf(err, 256, "fleet: out of memory saving the command state");
         return FLEET_CH_ENOMEM;
     }
-    int rc = store_setting_set(f->st, SET_STATE, text, err);
+    int rc = inbox_id > 0 ? store_inbox_done(f->st, inbox_id, SET_STATE, text, err)
+                          : store_setting_set(f->st, SET_STATE, text, err);
     free(text);
     return rc ? FLEET_CH_ESTORE : 0;
 }
@@ -1029,7 +1062,16 @@ static int queue_resp(fleet *f, const fleet_cmd *c, int rc, const char *error, j
     return 0;
 }
 
-static void handle_cmd(fleet *f, const char *payload, size_t len)
+/* A refused command leaves the inbox after its reply is queued: a crash in
+ * between repeats the refusal, never an action. */
+static void inbox_forget(fleet *f, int64_t inbox_id)
+{
+    char err[256];
+    if (inbox_id > 0 && store_inbox_done(f->st, inbox_id, NULL, NULL, err))
+        logf_(f, "inbox: %s", err);
+}
+
+static void handle_cmd(fleet *f, int64_t inbox_id, const char *payload, size_t len)
 {
     fleet_identity me = {.device_id = f->device, .groups = (const char *const *)f->groups,
                          .n_groups = f->n_groups};
@@ -1040,13 +1082,16 @@ static void handle_cmd(fleet *f, const char *payload, size_t len)
     if (rc != FLEET_OK) {
         logf_(f, "command rejected: %s", err);
         queue_resp(f, &c, rc, err, NULL);
+        inbox_forget(f, inbox_id);
         fleet_cmd_free(&c);
         return;
     }
-    /* Persist before acting: a crash from here on never runs it twice. */
-    if (save_state(f, c.seq, &c.keys, err)) {
+    /* Persist before acting, and take the command out of the inbox in the
+     * same transaction: a crash from here on never runs it twice. */
+    if (save_state(f, c.seq, &c.keys, inbox_id, err)) {
         logf_(f, "command seq %" PRIu64 " not run: %s", c.seq, err);
         queue_resp(f, &c, FLEET_EMALFORMED, err, NULL);
+        inbox_forget(f, inbox_id);
         fleet_cmd_free(&c);
         return;
     }
@@ -1136,9 +1181,42 @@ static void on_connected(fleet *f)
     f->check_lost = true;
 }
 
+/* Commands stored by an earlier run and not taken up (the agent stopped or
+ * died with them queued), oldest first, before anything new can arrive. One
+ * that was already taken up FLEET_INBOX_MAX_ATTEMPTS times without finishing
+ * (it kills the agent) is dropped, so it cannot keep the agent down. */
+static void inbox_replay(fleet *f)
+{
+    /* Bounded: a row the store fails to delete is not taken up forever. */
+    for (int round = 0; round < FLEET_INBOX_MAX * (FLEET_INBOX_MAX_ATTEMPTS + 1) / 16 + 1;
+         round++) {
+        store_outbox_msg *m = NULL;
+        size_t n = 0;
+        char err[256];
+        if (store_inbox_peek(f->st, 16, &m, &n, err)) {
+            logf_(f, "inbox: %s", err);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (m[i].attempts > FLEET_INBOX_MAX_ATTEMPTS) {
+                logf_(f, "inbox: command %" PRId64 " on %s dropped: taken up %" PRId64
+                         " times without finishing", m[i].id, m[i].topic, m[i].attempts - 1);
+                inbox_forget(f, m[i].id);
+                continue;
+            }
+            logf_(f, "inbox: taking up command %" PRId64 " stored by an earlier run", m[i].id);
+            handle_cmd(f, m[i].id, (const char *)m[i].payload, m[i].payload_len);
+        }
+        store_outbox_free(m, n);
+        if (n == 0)
+            return;
+    }
+}
+
 static void *thread_main(void *arg)
 {
     fleet *f = arg;
+    inbox_replay(f);
     f->next_connect_s = mono_s();
     f->next_export_s = mono_s();
     f->next_rollup_s = mono_s() + (double)f->rollup_interval_s;
@@ -1184,9 +1262,9 @@ static void *thread_main(void *arg)
                 break;
             case EV_PUB_OK:
             case EV_PUB_FAILED: pub_done(f, e); break;
-            case EV_CMD:
+            case EV_CMD: /* when stopping, left in the inbox for the next start */
                 if (!stop)
-                    handle_cmd(f, e->data, e->len);
+                    handle_cmd(f, e->inbox_id, e->data, e->len);
                 break;
             case EV_WAKE:
                 if (e->token == WAKE_STATUS) {

@@ -136,6 +136,18 @@ static const migration migrations[] = {
      " CHECK (exported IN (0, 1));"
      "UPDATE requests SET exported = 1;"
      "CREATE INDEX requests_to_export ON requests(exported) WHERE exported = 0;"},
+    /* Commands from the fleet, stored before the broker gets its PUBACK and
+       deleted when the command was accepted or refused; attempts counts how
+       often the fleet thread took it up (a command that kills the agent every
+       time is dropped after a few). */
+    {6, "fleet command inbox",
+     "CREATE TABLE inbox ("
+     " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+     " topic TEXT NOT NULL,"
+     " payload BLOB NOT NULL,"
+     " created_ms INTEGER NOT NULL,"
+     " attempts INTEGER NOT NULL DEFAULT 0"
+     ") STRICT;"},
 };
 
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -181,6 +193,9 @@ enum stmt_id {
     ST_OUTBOX_PEEK_AFTER,
     ST_REQUESTS_TO_EXPORT,
     ST_REQUEST_EXPORTED,
+    ST_INBOX_PUT,
+    ST_INBOX_PEEK,
+    ST_INBOX_DELETE,
     ST_COUNT
 };
 
@@ -289,6 +304,15 @@ static const struct {
         " cost_usd, status, created_ms FROM requests WHERE exported = 0 ORDER BY rowid LIMIT ?1"},
     [ST_REQUEST_EXPORTED] = {"mark request exported",
         "UPDATE requests SET exported = 1 WHERE rowid = ?1"},
+    /* The bound is part of the insert: no row is added to a full inbox. */
+    [ST_INBOX_PUT] = {"store fleet command",
+        "INSERT INTO inbox(topic, payload, created_ms) SELECT ?1, ?2, ?3"
+        " WHERE (SELECT count(*) FROM inbox) < ?4"},
+    [ST_INBOX_PEEK] = {"read fleet commands",
+        "UPDATE inbox SET attempts = attempts + 1 WHERE id IN"
+        " (SELECT id FROM inbox ORDER BY id LIMIT ?1)"
+        " RETURNING id, topic, payload, created_ms, attempts"},
+    [ST_INBOX_DELETE] = {"delete fleet command", "DELETE FROM inbox WHERE id = ?1"},
 };
 
 struct store {
@@ -1911,8 +1935,8 @@ static int outbox_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Both peeks: ST_OUTBOX_PEEK (?1 = limit) and ST_OUTBOX_PEEK_AFTER (?1 =
- * after_id, ?2 = limit). */
+/* The peeks: ST_OUTBOX_PEEK and ST_INBOX_PEEK (?1 = limit) and
+ * ST_OUTBOX_PEEK_AFTER (?1 = after_id, ?2 = limit). */
 static int outbox_peek(store *s, enum stmt_id sid, int64_t after_id, size_t max_n,
                        store_outbox_msg **out, size_t *n_out, char err[256])
 {
@@ -1964,7 +1988,7 @@ static int outbox_peek(store *s, enum stmt_id sid, int64_t after_id, size_t max_
         goto rollback;
     goto out;
 nomem:
-    snprintf(err, 256, "%s: peek outbox: out of memory", s->path);
+    snprintf(err, 256, "%s: %s: out of memory", s->path, stmts[sid].name);
     rc = STORE_ENOMEM;
 done:
     stmt_done(st);
@@ -2312,5 +2336,92 @@ rollback:
 out:
     unlock(s);
     free(v);
+    return rc;
+}
+
+/* ---- inbox of fleet commands ---------------------------------------------- */
+
+int store_inbox_put(store *s, const char *topic, const void *payload, size_t payload_len,
+                    int64_t max_rows, int64_t *id_out, char err[256])
+{
+    int rc;
+    if ((rc = check_outbox_msg(topic, payload, payload_len, err)))
+        return rc;
+    if (max_rows <= 0) {
+        snprintf(err, 256, "store: inbox bound %" PRId64 " is not positive", max_rows);
+        return STORE_EINVAL;
+    }
+    sqlite3_stmt *st = NULL;
+    lock(s);
+    if ((rc = stmt_get(s, ST_INBOX_PUT, &st, err)))
+        goto out;
+    if ((rc = sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = payload_len ? sqlite3_bind_blob(st, 2, payload, (int)payload_len, SQLITE_STATIC)
+                          : sqlite3_bind_zeroblob(st, 2, 0)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(st, 3, now_ms(s))) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(st, 4, max_rows)) != SQLITE_OK) {
+        rc = db_fail(s, err, stmts[ST_INBOX_PUT].name, rc);
+        stmt_done(st);
+        goto out;
+    }
+    if ((rc = run(s, ST_INBOX_PUT, st, err)))
+        goto out;
+    if (sqlite3_changes(s->db) == 0) {
+        snprintf(err, 256, "%s: the inbox holds %" PRId64 " fleet commands already", s->path,
+                 max_rows);
+        rc = STORE_EFULL;
+        goto out;
+    }
+    if (id_out)
+        *id_out = sqlite3_last_insert_rowid(s->db);
+out:
+    unlock(s);
+    return rc;
+}
+
+int store_inbox_peek(store *s, size_t max_n, store_outbox_msg **out, size_t *n_out,
+                     char err[256])
+{
+    return outbox_peek(s, ST_INBOX_PEEK, 0, max_n, out, n_out, err);
+}
+
+int store_inbox_done(store *s, int64_t id, const char *key, const char *value, char err[256])
+{
+    int rc;
+    if (key && ((rc = check_cstr(err, "setting key", key, STORE_TITLE_MAX, false)) ||
+                (rc = check_cstr(err, "setting value", value, STORE_CONTENT_MAX, true))))
+        return rc;
+    sqlite3_stmt *st = NULL;
+    lock(s);
+    if ((rc = tx_begin(s, true, err)))
+        goto out;
+    if ((rc = stmt_get(s, ST_INBOX_DELETE, &st, err)))
+        goto rollback;
+    if ((rc = sqlite3_bind_int64(st, 1, id)) != SQLITE_OK) {
+        rc = db_fail(s, err, stmts[ST_INBOX_DELETE].name, rc);
+        stmt_done(st);
+        goto rollback;
+    }
+    if ((rc = run(s, ST_INBOX_DELETE, st, err)))
+        goto rollback;
+    if (key) {
+        if ((rc = stmt_get(s, ST_SETTING_SET, &st, err)))
+            goto rollback;
+        if ((rc = sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC)) != SQLITE_OK ||
+            (rc = sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC)) != SQLITE_OK) {
+            rc = db_fail(s, err, stmts[ST_SETTING_SET].name, rc);
+            stmt_done(st);
+            goto rollback;
+        }
+        if ((rc = run(s, ST_SETTING_SET, st, err)))
+            goto rollback;
+    }
+    if ((rc = tx_commit(s, err)))
+        goto rollback;
+    goto out;
+rollback:
+    tx_rollback(s, err);
+out:
+    unlock(s);
     return rc;
 }

@@ -268,6 +268,24 @@ void store_outbox_free(store_outbox_msg *m, size_t n);
 int store_outbox_peek_after(store *s, int64_t after_id, size_t max_n, store_outbox_msg **out,
                             size_t *n_out, char err[256]);
 
+/* ---- inbox of fleet commands --------------------------------------------- */
+
+/* A command is stored here before the broker is told it arrived (PUBACK) and
+ * stays until store_inbox_done(), so a command acknowledged to the broker is
+ * never lost to a crash or a shutdown: the next start takes it up again.
+ * Rows use store_outbox_msg; attempts counts the peeks. */
+
+/* Stores a command; STORE_EFULL (nothing stored) when max_rows are waiting. */
+int store_inbox_put(store *s, const char *topic, const void *payload, size_t payload_len,
+                    int64_t max_rows, int64_t *id_out, char err[256]);
+/* The oldest max_n commands, oldest first; each peek counts as an attempt.
+ * Free with store_outbox_free. */
+int store_inbox_peek(store *s, size_t max_n, store_outbox_msg **out, size_t *n_out,
+                     char err[256]);
+/* Deletes command id and, when key is not NULL, sets setting key to value,
+ * in one transaction: a crash leaves both or neither. */
+int store_inbox_done(store *s, int64_t id, const char *key, const char *value, char err[256]);
+
 /* ---- fleet telemetry: a bounded outbox and the export of requests -------- */
 
 /* Which messages go first when the outbox is over its bound: roll-ups (a
