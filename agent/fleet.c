@@ -66,7 +66,7 @@
 #define FLEET_EXPORT_INTERVAL_S 1.0
 #define FLEET_LOST_GRACE_S 5.0    /* after a reconnect, before re-sending what Paho dropped */
 #define FLEET_CLOSE_WAIT_MS 3000  /* at close: offline status and outstanding PUBACKs */
-#define FLEET_CHUNK_RETRY_PAUSE_US 200000
+#define FLEET_STORE_RETRY_PAUSE_US 200000 /* a chunk or command not stored: before Paho offers it again */
 #define FLEET_INBOX_MAX 1024      /* commands stored and not yet taken up */
 #define FLEET_INBOX_MAX_ATTEMPTS 3 /* starts a stored command may be taken up in */
 #define FLEET_POLICY_MAX_BYTES (1u << 20)
@@ -342,7 +342,7 @@ static int on_message(void *ctx, char *topic_name, int topic_len, MQTTAsync_mess
                  * pause keeps a persistent failure (disk full) from spinning. */
                 logf_(f, "ota chunk on %s not stored (%s); it will be offered again", topic_name,
                       err);
-                usleep(FLEET_CHUNK_RETRY_PAUSE_US);
+                usleep(FLEET_STORE_RETRY_PAUSE_US);
                 return 0;
             }
         } else {
@@ -358,7 +358,7 @@ static int on_message(void *ctx, char *topic_name, int topic_len, MQTTAsync_mess
         int64_t id = 0;
         if (store_inbox_put(f->st, topic_name, data, len, FLEET_INBOX_MAX, &id, err)) {
             logf_(f, "command on %s not stored (%s); it will be offered again", topic_name, err);
-            usleep(FLEET_CHUNK_RETRY_PAUSE_US);
+            usleep(FLEET_STORE_RETRY_PAUSE_US);
             return 0;
         }
         ev_push_cmd(f, EV_CMD, 0, 0, data, len, id);

@@ -1792,24 +1792,30 @@ fail:
 
 /* ---- settings ------------------------------------------------------------- */
 
+/* Writes one setting; the caller holds the lock (and may hold a transaction). */
+static int setting_put(store *s, const char *key, const char *value, char err[256])
+{
+    sqlite3_stmt *st = NULL;
+    int rc = stmt_get(s, ST_SETTING_SET, &st, err);
+    if (rc)
+        return rc;
+    if ((rc = sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC)) != SQLITE_OK) {
+        rc = db_fail(s, err, stmts[ST_SETTING_SET].name, rc);
+        stmt_done(st);
+        return rc;
+    }
+    return run(s, ST_SETTING_SET, st, err);
+}
+
 int store_setting_set(store *s, const char *key, const char *value, char err[256])
 {
     int rc;
     if ((rc = check_cstr(err, "setting key", key, STORE_TITLE_MAX, false)) ||
         (rc = check_cstr(err, "setting value", value, STORE_CONTENT_MAX, true)))
         return rc;
-    sqlite3_stmt *st = NULL;
     lock(s);
-    if ((rc = stmt_get(s, ST_SETTING_SET, &st, err)))
-        goto out;
-    if ((rc = sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC)) != SQLITE_OK) {
-        rc = db_fail(s, err, stmts[ST_SETTING_SET].name, rc);
-        stmt_done(st);
-        goto out;
-    }
-    rc = run(s, ST_SETTING_SET, st, err);
-out:
+    rc = setting_put(s, key, value, err);
     unlock(s);
     return rc;
 }
@@ -2404,18 +2410,8 @@ int store_inbox_done(store *s, int64_t id, const char *key, const char *value, c
     }
     if ((rc = run(s, ST_INBOX_DELETE, st, err)))
         goto rollback;
-    if (key) {
-        if ((rc = stmt_get(s, ST_SETTING_SET, &st, err)))
-            goto rollback;
-        if ((rc = sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC)) != SQLITE_OK ||
-            (rc = sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC)) != SQLITE_OK) {
-            rc = db_fail(s, err, stmts[ST_SETTING_SET].name, rc);
-            stmt_done(st);
-            goto rollback;
-        }
-        if ((rc = run(s, ST_SETTING_SET, st, err)))
-            goto rollback;
-    }
+    if (key && (rc = setting_put(s, key, value, err)))
+        goto rollback;
     if ((rc = tx_commit(s, err)))
         goto rollback;
     goto out;
