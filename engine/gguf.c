@@ -409,7 +409,7 @@ static int parse_tensor_info(gguf *g, cursor *c, size_t i)
     /* Sizes come from the type table's block geometry, which also knows
      * types the engine cannot compute with, so such files can be inspected. */
     uint32_t block_elems, block_bytes;
-    if (!qt_block_size((qt_type)t->type, &block_elems, &block_bytes)) {
+    if (t->type >= QT_FILE_TYPE_COUNT || !qt_block_size((qt_type)t->type, &block_elems, &block_bytes)) {
         set_err(c->err, "%s: tensor '%s': unknown tensor type %u", c->name, t->name, t->type);
         return GGUF_EFORMAT;
     }
@@ -648,6 +648,7 @@ uint32_t gguf_version(const gguf *g) { return g->version; }
 uint32_t gguf_alignment(const gguf *g) { return g->alignment; }
 uint64_t gguf_file_size(const gguf *g) { return g->size; }
 uint64_t gguf_data_offset(const gguf *g) { return g->data_offset; }
+bool gguf_is_mapped(const gguf *g) { return g->mapped; }
 size_t gguf_kv_count(const gguf *g) { return g->n_kv; }
 
 const char *gguf_kv_key(const gguf *g, size_t i)

@@ -104,6 +104,9 @@ uint32_t gguf_version(const gguf *g);
 uint32_t gguf_alignment(const gguf *g);
 uint64_t gguf_file_size(const gguf *g);
 uint64_t gguf_data_offset(const gguf *g);
+/* Whether tensor data lies in a private read-only mapping of the file (so
+ * its pages may be dropped and read again), not in a caller's buffer. */
+bool gguf_is_mapped(const gguf *g);
 
 size_t gguf_kv_count(const gguf *g);
 const char *gguf_kv_key(const gguf *g, size_t i);

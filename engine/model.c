@@ -29,10 +29,13 @@
  *           (1 + w) and the converter already stored 1 + w, so norm weights
  *           are used as they are.
  */
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "model_impl.h"
 
@@ -461,6 +464,59 @@ static int load_tensors(eng_model *m, char err[256])
     return ENG_OK;
 }
 
+/* Matrices whose rows the fastest kernels here want in another layout
+ * (qt_repack_type: Q4_0 on AVX-512 CPUs) are copied once into one
+ * anonymous mapping, row by row, and point there from then on; the
+ * embedding table stays in place (rows of it are looked up as stored, and a
+ * tied output head shares it). The mapped pages a matrix was copied from
+ * are handed back to the kernel (MADV_DONTNEED: the file is still there to
+ * read them from again), so peak memory grows by one matrix, not by all of
+ * them. The copies are counted in repacked_bytes. */
+static int repack_weights(eng_model *m, char err[256])
+{
+    size_t total = 0;
+    for (int32_t i = 0; i < m->n_weights; i++) {
+        const eng_w *w = m->weights[i];
+        if (w != &m->tok_embd && qt_repack_type(w->type, w->ne0) != w->type)
+            total += (w->row_bytes + 63) / 64 * 64 * (size_t)w->ne1;
+    }
+    if (total == 0)
+        return ENG_OK;
+    /* populated up front: one call faults every page in, instead of one fault per page */
+    void *buf = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (buf == MAP_FAILED) {
+        snprintf(err, 256, "%s: out of memory for %zu bytes of repacked weights", gguf_path(m->g), total);
+        return ENG_ENOMEM;
+    }
+    m->repack_buf = buf;
+    m->repack_len = total;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uint8_t *dst = buf;
+    for (int32_t i = 0; i < m->n_weights; i++) {
+        eng_w *w = m->weights[i];
+        const qt_type to = w == &m->tok_embd ? w->type : qt_repack_type(w->type, w->ne0);
+        if (to == w->type)
+            continue;
+        /* rows start on 64 bytes, as the kernels' aligned loads want */
+        const size_t bytes = w->row_bytes * (size_t)w->ne1, stride = (w->row_bytes + 63) / 64 * 64;
+        assert(qt_row_bytes(to, w->ne0) == w->row_bytes);
+        for (int64_t r = 0; r < w->ne1; r++)
+            qt_repack_row(w->type, w->data + (size_t)r * w->row_bytes, dst + (size_t)r * stride, w->ne0);
+        if (gguf_is_mapped(m->g)) {
+            uintptr_t lo = ((uintptr_t)w->data + page - 1) / page * page;
+            uintptr_t hi = ((uintptr_t)w->data + bytes) / page * page;
+            if (hi > lo)
+                madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        }
+        w->data = dst;
+        w->type = to;
+        w->row_bytes = stride;
+        dst += stride * (size_t)w->ne1;
+    }
+    m->repacked_bytes += total;
+    return ENG_OK;
+}
+
 int eng_model_open(eng_model **out, const char *path, char err[256])
 {
     *out = NULL;
@@ -506,7 +562,7 @@ int eng_model_open(eng_model **out, const char *path, char err[256])
         rc = ENG_EFORMAT;
         goto fail;
     }
-    if ((rc = load_hparams(m, arch, err)) || (rc = load_tensors(m, err)))
+    if ((rc = load_hparams(m, arch, err)) || (rc = load_tensors(m, err)) || (rc = repack_weights(m, err)))
         goto fail;
     *out = m;
     return ENG_OK;
@@ -524,6 +580,8 @@ void eng_model_close(eng_model *m)
     free(m->layers);
     free(m->weights);
     free(m->norm_store);
+    if (m->repack_buf)
+        munmap(m->repack_buf, m->repack_len);
     free(m);
 }
 

@@ -51,9 +51,11 @@ struct eng_model {
     const float *rope_long, *rope_short; /* LongRoPE divisors (phi3), or NULL */
     float *norm_store;  /* owns every vector above */
     uint64_t decode_weight_bytes;
-    uint64_t repacked_bytes; /* weight bytes copied out of the mapping (norms, as F32) */
+    uint64_t repacked_bytes; /* weight bytes copied out of the mapping (norms as F32, repacked matrices) */
+    uint8_t *repack_buf;     /* anonymous mapping holding the repacked matrices, or NULL */
+    size_t repack_len;
     qt_type main_type;
-    const eng_w **weights; /* by id: every bound weight (they live in the structs above) */
+    eng_w **weights; /* by id: every bound weight (they live in the structs above) */
     int32_t n_weights;     /* eng_w ids are 0 .. n_weights-1 */
 };
 

@@ -46,7 +46,13 @@ typedef enum qt_type {
     QT_I64 = 27,
     QT_F64 = 28,
     QT_BF16 = 30,
-    QT_TYPE_COUNT = 40 /* ids below this may be looked up */
+    QT_FILE_TYPE_COUNT = 40, /* ids a GGUF file may name are below this */
+    /* In-memory layouts of our own, never read from or written to a file
+     * (quant_x16.c): Q4_0 weights with 16 blocks interleaved, as model.c
+     * repacks them for the AVX-512 kernels, and their activation blocks. */
+    QT_Q4_0X16 = 40,
+    QT_Q8_0X16 = 41,
+    QT_TYPE_COUNT = 42 /* ids below this may be looked up */
 } qt_type;
 
 typedef enum qt_impl {
@@ -96,10 +102,17 @@ typedef struct qt_traits {
 const qt_traits *qt_get(qt_type t);
 /* The row for t in one implementation; NULL when unknown or not runnable here. */
 const qt_traits *qt_get_impl(qt_type t, qt_impl impl);
-/* Look a type up by its name ("q8_0", "F16", case-insensitive); -1 if unknown. */
+/* Look a type up by its name ("q8_0", "F16", case-insensitive); -1 if unknown
+ * or an in-memory layout (ids from QT_FILE_TYPE_COUNT on), which users never name. */
 int qt_type_from_name(const char *name);
 const char *qt_type_name(qt_type t); /* "?" for unknown */
 const char *qt_impl_name(qt_impl impl);
+/* The in-memory layout the fastest kernels here want for weight rows of t
+ * with ne0 elements (QT_Q4_0X16 for Q4_0 on AVX-512 CPUs), or t itself when
+ * rows are best used as stored. OUTPOST_NO_REPACK=1 makes it always t. */
+qt_type qt_repack_type(qt_type t, int64_t ne0);
+/* Convert n elements of one row from `from` to its repack type (same size). */
+void qt_repack_row(qt_type from, const void *restrict src, void *restrict dst, int64_t n);
 /* Which implementation qt_get() uses. */
 qt_impl qt_best_impl(void);
 

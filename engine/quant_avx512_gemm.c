@@ -71,6 +71,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <stdbool.h>
+
 #include "quant_impl.h"
 
 #define BG_ROWS QT_AVX512_BGEMM_ROWS
@@ -102,11 +104,11 @@ static inline __mmask16 bg_row_mask(int r0, int nr)
 
 /* ---- Q4_0 and Q8_0 ----------------------------------------------------- */
 
-enum { BG_Q4_0, BG_Q8_0 };
+enum { BG_Q4_0, BG_Q8_0, BG_Q4_0X16 };
 
 typedef struct bg_panel {
-    float d[BG_KC][BG_COLS + 8];     /* token scales by block (room for a last group of 8) */
-    int32_t off[BG_KC][BG_COLS + 8]; /* -(weight offset) * sum of the token's codes */
+    float d[BG_KC][BG_COLS + 16];     /* token scales by block (room for a last group of 16) */
+    int32_t off[BG_KC][BG_COLS + 16]; /* -(weight offset) * sum of the token's codes */
 } bg_panel;
 
 typedef struct bg_wpack {
@@ -175,6 +177,94 @@ static inline void bg_load16x16(const uint8_t *const rows[16], size_t off, __m51
     }
 }
 
+/* 16 x 16 dwords in place: v[i] lane j becomes v[j] lane i. Unpacks pair
+ * rows within 128-bit lanes, then whole lanes move across registers. */
+static inline __attribute__((always_inline)) void bg_transpose16x16(__m512i v[16])
+{
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    /* u[4 i + c], 128-bit lane L: rows 4 i .. 4 i + 3 of column 4 L + c */
+    for (int i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512i b = _mm512_shuffle_i32x4(u[c], u[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        __m512i e = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512i f = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        v[c] = _mm512_shuffle_i32x4(a, e, _MM_SHUFFLE(2, 0, 2, 0));
+        v[4 + c] = _mm512_shuffle_i32x4(a, e, _MM_SHUFFLE(3, 1, 3, 1));
+        v[8 + c] = _mm512_shuffle_i32x4(b, f, _MM_SHUFFLE(2, 0, 2, 0));
+        v[12 + c] = _mm512_shuffle_i32x4(b, f, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* Q4_0 x16 rows into W: one 64-byte load per row gives dword k of 16
+ * blocks (lane = block); a 16 x 16 transpose makes it lane = row, block by
+ * block, which is what the tiles want. The scales likewise, as floats. kb
+ * and nkb are multiples of 16 (rows of whole x16 blocks). */
+static inline __attribute__((always_inline)) void bg_pack_x16(bg_wpack *wp, const uint8_t *x, size_t x_stride,
+                                                              int r0, int nr, int64_t kb, int nkb)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const uint8_t *rows[16];
+    for (int r = 0; r < 16; r++) /* rows past nr repeat the last; their lanes are not stored */
+        rows[r] = x + (size_t)(r0 + r < nr ? r0 + r : nr - 1) * x_stride;
+    for (int g = 0; g < nkb / 16; g++) {
+        const int64_t gi = kb / 16 + g;
+        const size_t qo = (size_t)gi * sizeof(qt_block_q4_0x16) + (gi % 2 ? 32 : 0);
+        const size_t dof = (size_t)gi * sizeof(qt_block_q4_0x16) + (gi % 2 ? 0 : 256);
+        __m512i v[16];
+        for (int k = 0; k < 4; k++) {
+            for (int r = 0; r < 16; r++)
+                v[r] = _mm512_loadu_si512(rows[r] + qo + 64 * k);
+            bg_transpose16x16(v);
+            for (int j = 0; j < 16; j++) {
+                wp->w[16 * g + j][k] = _mm512_and_si512(v[j], m4);
+                wp->w[16 * g + j][k + 4] = _mm512_and_si512(_mm512_srli_epi32(v[j], 4), m4);
+            }
+        }
+        for (int r = 0; r < 16; r++)
+            v[r] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rows[r] + dof))));
+        bg_transpose16x16(v);
+        for (int j = 0; j < 16; j++)
+            wp->d[16 * g + j] = _mm512_castsi512_ps(v[j]);
+    }
+}
+
+/* The panel of bg_panel_fill from Q8_0 x16 activations, which carry each
+ * block's scale as a float and its code sum already: 16 tokens' 16 blocks
+ * at a time, turned from lane = block to lane = token by bg_transpose16x16
+ * (the panel has room for a last group of 16; missing tokens repeat the
+ * last, and are not read back). */
+static inline void bg_panel_fill_x16(bg_panel *p, const uint8_t *y, size_t y_stride, int nt, int64_t kb, int nkb)
+{
+    for (int t0 = 0; t0 < nt; t0 += 16) {
+        const qt_block_q8_0x16 *a[16];
+        for (int t = 0; t < 16; t++)
+            a[t] = (const qt_block_q8_0x16 *)(y + (size_t)(t0 + t < nt ? t0 + t : nt - 1) * y_stride) + kb / 16;
+        for (int g = 0; g < nkb / 16; g++) {
+            __m512i d[16], off[16];
+            for (int t = 0; t < 16; t++) {
+                d[t] = _mm512_loadu_si512(a[t][g].d);
+                off[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(a[t][g].sum), 3));
+            }
+            bg_transpose16x16(d);
+            bg_transpose16x16(off);
+            for (int j = 0; j < 16; j++) {
+                _mm512_storeu_si512(&p->d[16 * g + j][t0], d[j]);
+                _mm512_storeu_si512(&p->off[16 * g + j][t0], off[j]);
+            }
+        }
+    }
+}
+
 /* Unpack 16 rows' blocks kb .. kb + nkb into W: plain loads of each row's
  * codes and a register transpose (no gathers). */
 static inline __attribute__((always_inline)) void bg_pack(int kind, bg_wpack *wp, const uint8_t *x,
@@ -182,6 +272,10 @@ static inline __attribute__((always_inline)) void bg_pack(int kind, bg_wpack *wp
                                                           int nkb)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
+    if (kind == BG_Q4_0X16) {
+        bg_pack_x16(wp, x, x_stride, r0, nr, kb, nkb);
+        return;
+    }
     const size_t bbytes = kind == BG_Q4_0 ? sizeof(qt_block_q4_0) : sizeof(qt_block_q8_0);
     const uint8_t *rows[16];
     for (int r = 0; r < 16; r++) /* rows past nr repeat the last; their lanes are not stored */
@@ -214,32 +308,40 @@ static inline __attribute__((always_inline)) void bg_pack(int kind, bg_wpack *wp
 
 /* s[t][0..16) (masked) += the chunk's dots of the group with tokens t0 ..
  * t0 + N; first: the accumulators start from zero instead of s. */
-static inline __attribute__((always_inline)) void bg_tile(int N, const bg_wpack *wp, const bg_panel *p,
-                                                          int nkb, int t0, const uint8_t *y,
-                                                          size_t y_stride, int64_t kb, float *s,
-                                                          size_t ld_s, __mmask16 rmask, int first)
+static inline __attribute__((always_inline)) void bg_tile(int kind, int N, const bg_wpack *wp,
+                                                          const bg_panel *p, int nkb, int t0,
+                                                          const uint8_t *y, size_t y_stride, int64_t kb,
+                                                          float *s, size_t ld_s, __mmask16 rmask, int first)
 {
+    /* where a token's code dword k of block b is: Q8_0 blocks as stored
+     * (codes from byte 2, dwords 4 bytes apart), or Q8_0 x16 (dword k of
+     * block j at 64 k + 4 j of its 640-byte group) */
+    const bool x16 = kind == BG_Q4_0X16;
+    const size_t kstep = x16 ? 64 : 4;
     __m512 acc[BG_NT];
     const uint8_t *yt[BG_NT];
     for (int t = 0; t < N; t++) {
         acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rmask, s + (size_t)(t0 + t) * ld_s);
-        yt[t] = y + (size_t)(t0 + t) * y_stride + (size_t)kb * sizeof(qt_block_q8_0) + 2;
+        yt[t] = y + (size_t)(t0 + t) * y_stride +
+                (x16 ? (size_t)(kb / 16) * sizeof(qt_block_q8_0x16) : (size_t)kb * sizeof(qt_block_q8_0) + 2);
     }
     for (int b = 0; b < nkb; b++) {
         __m512i w0 = wp->w[b][0], w1 = wp->w[b][1], w2 = wp->w[b][2], w3 = wp->w[b][3];
         __m512i w4 = wp->w[b][4], w5 = wp->w[b][5], w6 = wp->w[b][6], w7 = wp->w[b][7];
         __m512 dw = wp->d[b];
+        const size_t boff = x16 ? (size_t)(b / 16) * sizeof(qt_block_q8_0x16) + 4 * (size_t)(b % 16)
+                                : (size_t)b * sizeof(qt_block_q8_0);
         for (int t = 0; t < N; t++) {
-            const uint8_t *q = yt[t] + (size_t)b * sizeof(qt_block_q8_0);
+            const uint8_t *q = yt[t] + boff;
             __m512i i0 = _mm512_set1_epi32(p->off[b][t0 + t]);
-            __m512i i1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w4, bg_bcast(q + 16));
+            __m512i i1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w4, bg_bcast(q + 4 * kstep));
             i0 = _mm512_dpbusd_epi32(i0, w0, bg_bcast(q));
-            i1 = _mm512_dpbusd_epi32(i1, w5, bg_bcast(q + 20));
-            i0 = _mm512_dpbusd_epi32(i0, w1, bg_bcast(q + 4));
-            i1 = _mm512_dpbusd_epi32(i1, w6, bg_bcast(q + 24));
-            i0 = _mm512_dpbusd_epi32(i0, w2, bg_bcast(q + 8));
-            i1 = _mm512_dpbusd_epi32(i1, w7, bg_bcast(q + 28));
-            i0 = _mm512_dpbusd_epi32(i0, w3, bg_bcast(q + 12));
+            i1 = _mm512_dpbusd_epi32(i1, w5, bg_bcast(q + 5 * kstep));
+            i0 = _mm512_dpbusd_epi32(i0, w1, bg_bcast(q + kstep));
+            i1 = _mm512_dpbusd_epi32(i1, w6, bg_bcast(q + 6 * kstep));
+            i0 = _mm512_dpbusd_epi32(i0, w2, bg_bcast(q + 2 * kstep));
+            i1 = _mm512_dpbusd_epi32(i1, w7, bg_bcast(q + 7 * kstep));
+            i0 = _mm512_dpbusd_epi32(i0, w3, bg_bcast(q + 3 * kstep));
             __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), dw);
             acc[t] = _mm512_fmadd_ps(f, _mm512_set1_ps(p->d[b][t0 + t]), acc[t]);
         }
@@ -248,22 +350,22 @@ static inline __attribute__((always_inline)) void bg_tile(int N, const bg_wpack 
         _mm512_mask_storeu_ps(s + (size_t)(t0 + t) * ld_s, rmask, acc[t]);
 }
 
-static inline __attribute__((always_inline)) void bg_tokens(const bg_wpack *wp, const bg_panel *p, int nkb,
-                                                            int nt, const uint8_t *y, size_t y_stride,
-                                                            int64_t kb, float *s, size_t ld_s,
-                                                            __mmask16 rmask, int first)
+static inline __attribute__((always_inline)) void bg_tokens(int kind, const bg_wpack *wp, const bg_panel *p,
+                                                            int nkb, int nt, const uint8_t *y,
+                                                            size_t y_stride, int64_t kb, float *s,
+                                                            size_t ld_s, __mmask16 rmask, int first)
 {
     int t0 = 0;
     for (; t0 + BG_NT <= nt; t0 += BG_NT)
-        bg_tile(BG_NT, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first);
+        bg_tile(kind, BG_NT, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first);
     switch (nt - t0) {
-    case 7: bg_tile(7, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
-    case 6: bg_tile(6, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
-    case 5: bg_tile(5, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
-    case 4: bg_tile(4, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
-    case 3: bg_tile(3, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
-    case 2: bg_tile(2, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
-    case 1: bg_tile(1, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
+    case 7: bg_tile(kind, 7, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
+    case 6: bg_tile(kind, 6, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
+    case 5: bg_tile(kind, 5, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
+    case 4: bg_tile(kind, 4, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
+    case 3: bg_tile(kind, 3, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
+    case 2: bg_tile(kind, 2, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
+    case 1: bg_tile(kind, 1, wp, p, nkb, t0, y, y_stride, kb, s, ld_s, rmask, first); break;
     default: break;
     }
 }
@@ -277,10 +379,13 @@ static inline __attribute__((always_inline)) void bg_gemm(int kind, int64_t n, f
     bg_wpack wp;
     for (int64_t kb = 0; kb < nb; kb += BG_KC) {
         const int nkb = nb - kb < BG_KC ? (int)(nb - kb) : BG_KC;
-        bg_panel_fill(&panel, y, y_stride, nt, kb, nkb, kind == BG_Q4_0 ? 3 : 7);
+        if (kind == BG_Q4_0X16)
+            bg_panel_fill_x16(&panel, y, y_stride, nt, kb, nkb);
+        else
+            bg_panel_fill(&panel, y, y_stride, nt, kb, nkb, kind == BG_Q4_0 ? 3 : 7);
         for (int r0 = 0; r0 < nr; r0 += 16) {
             bg_pack(kind, &wp, x, x_stride, r0, nr, kb, nkb);
-            bg_tokens(&wp, &panel, nkb, nt, y, y_stride, kb, s + r0, ld_s, bg_row_mask(r0, nr), kb == 0);
+            bg_tokens(kind, &wp, &panel, nkb, nt, y, y_stride, kb, s + r0, ld_s, bg_row_mask(r0, nr), kb == 0);
         }
     }
 }
@@ -324,6 +429,136 @@ void qt_avx512_q8_0_gemm_blocked(int64_t n, float *restrict s, size_t ld_s, cons
         return;
     }
     bg_gemm(BG_Q8_0, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}
+
+/* ---- Q4_0 x16 ----------------------------------------------------------- */
+
+/* Decode (and batches too small for bg_gemm, one token at a time): each
+ * row streams through front to back; per 512 elements, four 64-byte loads
+ * of weights, eight vpdpbusd with the activation dwords as memory operands
+ * (two chains per nibble half: the dependency chain of one vpdpbusd after
+ * another, not the instruction count, bounded a first version, measured),
+ * and one conversion, multiply and FMA with the 16 scales. The high
+ * nibbles are masked in place (code * 16) and the sum shifted back once,
+ * exactly (it is a multiple of 16). */
+#define X16_PREFETCH_BYTES 4096
+
+static inline __attribute__((always_inline)) __m512 x16_dot(__m512 acc, const uint8_t *qs, const uint8_t *d,
+                                                            const qt_block_q8_0x16 *a)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m4h = _mm512_set1_epi8((char)0xf0);
+    const __m512i w0 = _mm512_loadu_si512(qs), w1 = _mm512_loadu_si512(qs + 64);
+    const __m512i w2 = _mm512_loadu_si512(qs + 128), w3 = _mm512_loadu_si512(qs + 192);
+    __m512i l0 = _mm512_setzero_si512(), l1 = l0, h0 = l0, h1 = l0;
+    l0 = _mm512_dpbusd_epi32(l0, _mm512_and_si512(w0, m4), _mm512_loadu_si512(a->qs));
+    h0 = _mm512_dpbusd_epi32(h0, _mm512_and_si512(w0, m4h), _mm512_loadu_si512(a->qs + 256));
+    l1 = _mm512_dpbusd_epi32(l1, _mm512_and_si512(w1, m4), _mm512_loadu_si512(a->qs + 64));
+    h1 = _mm512_dpbusd_epi32(h1, _mm512_and_si512(w1, m4h), _mm512_loadu_si512(a->qs + 320));
+    l0 = _mm512_dpbusd_epi32(l0, _mm512_and_si512(w2, m4), _mm512_loadu_si512(a->qs + 128));
+    h0 = _mm512_dpbusd_epi32(h0, _mm512_and_si512(w2, m4h), _mm512_loadu_si512(a->qs + 384));
+    l1 = _mm512_dpbusd_epi32(l1, _mm512_and_si512(w3, m4), _mm512_loadu_si512(a->qs + 192));
+    h1 = _mm512_dpbusd_epi32(h1, _mm512_and_si512(w3, m4h), _mm512_loadu_si512(a->qs + 448));
+    /* the -8 offset of the weights (off the chains: it needs no dot) */
+    __m512i off = _mm512_slli_epi32(_mm512_loadu_si512(a->sum), 3);
+    __m512i i = _mm512_add_epi32(_mm512_sub_epi32(l0, off), l1);
+    i = _mm512_add_epi32(i, _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+    __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)d));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, _mm512_loadu_ps(a->d)), acc);
+}
+
+static inline __attribute__((always_inline)) void x16_prefetch(const void *p, int lines)
+{
+    for (int l = 0; l < lines; l++)
+        _mm_prefetch((const char *)((uintptr_t)p + X16_PREFETCH_BYTES + 64 * (size_t)l), _MM_HINT_T0);
+}
+
+static void x16_gemv(int64_t n, float *restrict s, const uint8_t *restrict x, size_t x_stride, int nr,
+                     const uint8_t *restrict y)
+{
+    const int64_t ng = n / QT_QK_X16;
+    const qt_block_q8_0x16 *a = (const qt_block_q8_0x16 *)y;
+    for (int r = 0; r < nr; r++) {
+        const qt_block_q4_0x16 *w = (const qt_block_q4_0x16 *)(x + (size_t)r * x_stride);
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        int64_t g = 0;
+        for (; g + 2 <= ng; g += 2) { /* [qs d d qs] */
+            const uint8_t *p = w[g].bytes;
+            x16_prefetch(p, 9);
+            acc0 = x16_dot(acc0, p, p + 256, &a[g]);
+            acc1 = x16_dot(acc1, p + 320, p + 288, &a[g + 1]);
+        }
+        if (g < ng) {
+            x16_prefetch(w[g].bytes, 5);
+            acc0 = x16_dot(acc0, qt_x16_qs(w, g), qt_x16_d(w, g), &a[g]);
+        }
+        s[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    }
+}
+
+void qt_avx512_q4_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                            size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
+{
+    if (bg_delegate(nt)) {
+        for (int t = 0; t < nt; t++)
+            x16_gemv(n, s + (size_t)t * ld_s, x, x_stride, nr, (const uint8_t *)y + (size_t)t * y_stride);
+        return;
+    }
+    bg_gemm(BG_Q4_0X16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}
+
+/* Q8_0 as qt_avx512_q8_0_from_float makes it (so codes and scales match the
+ * Q8_0 path bit for bit), then rearranged 16 blocks at a time with the
+ * 16 x 4 transposes of bg_pack; the code sums come from vpdpbusd against
+ * ones. */
+void qt_avx512_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
+{
+    const __m512i ones = _mm512_set1_epi8(1);
+    qt_block_q8_0 tmp[16];
+    qt_block_q8_0x16 *o = dst;
+    const uint8_t *rows[16];
+    for (int j = 0; j < 16; j++)
+        rows[j] = (const uint8_t *)&tmp[j];
+    for (int64_t g = 0; g < n / QT_QK_X16; g++, o++) {
+        qt_avx512_q8_0_from_float(src + g * QT_QK_X16, tmp, QT_QK_X16);
+        __m512i sum = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            __m512i z[4], q[4];
+            bg_load16x16(rows, 2 + 16 * (size_t)h, z);
+            bg_transpose16x4(z, q);
+            for (int k = 0; k < 4; k++) {
+                _mm512_storeu_si512(o->qs + 64 * (4 * h + k), q[k]);
+                sum = _mm512_dpbusd_epi32(sum, ones, q[k]);
+            }
+        }
+        _mm512_storeu_si512(o->sum, sum);
+        uint16_t dh[16];
+        for (int j = 0; j < 16; j++)
+            dh[j] = tmp[j].d;
+        _mm512_storeu_ps(o->d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)dh)));
+    }
+}
+
+/* qt_q4_0x16_from_q4_0 with the transposes of bg_pack: the 16 blocks' qs
+ * (16 bytes each, 18 apart) are the "rows" of a 16 x 4 dword transpose. */
+void qt_avx512_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n)
+{
+    const qt_block_q4_0 *b = src;
+    qt_block_q4_0x16 *o = dst;
+    for (int64_t g = 0; g < n / QT_QK_X16; g++, b += 16, o++) {
+        const uint8_t *blocks[16];
+        uint16_t dh[16];
+        for (int j = 0; j < 16; j++) {
+            blocks[j] = (const uint8_t *)&b[j];
+            dh[j] = b[j].d;
+        }
+        __m512i z[4], q[4];
+        bg_load16x16(blocks, 2, z);
+        bg_transpose16x4(z, q);
+        uint8_t *qs = o->bytes + (g % 2 ? 32 : 0), *d = o->bytes + (g % 2 ? 0 : 256);
+        for (int k = 0; k < 4; k++)
+            _mm512_storeu_si512(qs + 64 * k, q[k]);
+        _mm256_storeu_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)dh));
+    }
 }
 
 /* ---- Q4_K and Q6_K ------------------------------------------------------ */

@@ -60,6 +60,7 @@ typedef struct gemm_case {
 static const gemm_case cases[] = {
     { QT_Q4_0, 2048 }, { QT_Q4_0, 2080 }, { QT_Q8_0, 2080 },
     { QT_Q4_K, 2304 }, { QT_Q6_K, 2304 }, { QT_Q4_K, 256 },
+    { QT_Q4_0X16, 2048 }, { QT_Q4_0X16, 5632 },
 };
 
 static void check_case(const gemm_case *gc)

@@ -193,6 +193,11 @@ static void fill_random_blocks(qt_type t, unsigned char *q, int64_t n, uint64_t 
     scale_fields(t, &d_off, &min_off);
     for (int64_t b = 0; b < n / (int64_t)r->block_elems; b++) {
         unsigned char *blk = q + (size_t)b * r->block_bytes;
+        if (t == QT_Q4_0X16) { /* 16 scales after the codes (even blocks) or before them (odd) */
+            for (int j = 0; j < 16; j++)
+                wr16(blk + (b % 2 ? 0 : 256) + 2 * j, qt_fp32_to_fp16((float)(rng_unit(&s) * 2.0 - 1.0) * 0.01f));
+            continue;
+        }
         wr16(blk + d_off, qt_fp32_to_fp16((float)(rng_unit(&s) * 2.0 - 1.0) * 0.01f));
         if (min_off >= 0)
             wr16(blk + min_off,
@@ -540,7 +545,7 @@ static void gemm_decode_of_long_rows_matches_scalar_dots(void **state)
                 continue;
             const qt_traits *rs = qt_get_impl((qt_type)t, QT_IMPL_SCALAR);
             const qt_traits *ys = qt_get_impl(rs->vec_dot_type, QT_IMPL_SCALAR);
-            const int64_t n = rs->block_elems == 32 ? 32 * 601 : 256 * 75;
+            const int64_t n = rs->block_elems == 32 ? 32 * 601 : rs->block_elems == 256 ? 256 * 75 : 512 * 37;
             const int nr = 3;
             const size_t xs = qt_row_bytes((qt_type)t, n) + 1, yb = qt_row_bytes(rs->vec_dot_type, n);
             unsigned char *x = malloc(xs * nr), *y = malloc(yb);
