@@ -31,6 +31,8 @@
  */
 #include <assert.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -465,13 +467,56 @@ static int load_tensors(eng_model *m, char err[256])
 }
 
 /* Matrices whose rows the fastest kernels here want in another layout
- * (qt_repack_type: Q4_0 on AVX-512 CPUs) are copied once into one
+ * (qt_repack_type: Q4_0 and Q8_0 on AVX-512 CPUs) are copied once into one
  * anonymous mapping, row by row, and point there from then on; the
  * embedding table stays in place (rows of it are looked up as stored, and a
  * tied output head shares it). The mapped pages a matrix was copied from
  * are handed back to the kernel (MADV_DONTNEED: the file is still there to
  * read them from again), so peak memory grows by one matrix, not by all of
- * them. The copies are counted in repacked_bytes. */
+ * them. The copies are counted in repacked_bytes. The mapping is populated
+ * in one call and each matrix's rows are split across the online cores: on
+ * the virtual machine we measure on, first writes to fresh memory dominate
+ * (0.7-0.9 s per 580 MB, from a plain memset), and the two together took
+ * TinyLlama Q4_0's load from 1.26 s to 0.86 s (Q8_0: 2.7 s to 1.5 s). */
+#define REPACK_MAX_THREADS 8
+
+typedef struct repack_job {
+    const eng_w *w;
+    qt_type to;
+    uint8_t *dst;
+    size_t stride;
+    int64_t r0, r1;
+} repack_job;
+
+static void *repack_rows(void *arg)
+{
+    const repack_job *j = arg;
+    for (int64_t r = j->r0; r < j->r1; r++)
+        qt_repack_row(j->w->type, j->w->data + (size_t)r * j->w->row_bytes, j->dst + (size_t)r * j->stride,
+                      j->w->ne0);
+    return NULL;
+}
+
+/* Rows of w into dst (stride bytes apart) on up to nth threads; the caller
+ * does the first share, and any thread that fails to start is done here. */
+static void repack_matrix(const eng_w *w, qt_type to, uint8_t *dst, size_t stride, int nth)
+{
+    repack_job jobs[REPACK_MAX_THREADS];
+    pthread_t tid[REPACK_MAX_THREADS];
+    bool started[REPACK_MAX_THREADS] = {false};
+    for (int i = 0; i < nth; i++)
+        jobs[i] = (repack_job){w, to, dst, stride, w->ne1 * i / nth, w->ne1 * (i + 1) / nth};
+    for (int i = 1; i < nth; i++)
+        started[i] = pthread_create(&tid[i], NULL, repack_rows, &jobs[i]) == 0;
+    repack_rows(&jobs[0]);
+    for (int i = 1; i < nth; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            repack_rows(&jobs[i]);
+    }
+}
+
 static int repack_weights(eng_model *m, char err[256])
 {
     size_t total = 0;
@@ -482,7 +527,6 @@ static int repack_weights(eng_model *m, char err[256])
     }
     if (total == 0)
         return ENG_OK;
-    /* populated up front: one call faults every page in, instead of one fault per page */
     void *buf = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (buf == MAP_FAILED) {
         snprintf(err, 256, "%s: out of memory for %zu bytes of repacked weights", gguf_path(m->g), total);
@@ -491,6 +535,8 @@ static int repack_weights(eng_model *m, char err[256])
     m->repack_buf = buf;
     m->repack_len = total;
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    const int nth = cores < 1 ? 1 : cores > REPACK_MAX_THREADS ? REPACK_MAX_THREADS : (int)cores;
     uint8_t *dst = buf;
     for (int32_t i = 0; i < m->n_weights; i++) {
         eng_w *w = m->weights[i];
@@ -500,8 +546,7 @@ static int repack_weights(eng_model *m, char err[256])
         /* rows start on 64 bytes, as the kernels' aligned loads want */
         const size_t bytes = w->row_bytes * (size_t)w->ne1, stride = (w->row_bytes + 63) / 64 * 64;
         assert(qt_row_bytes(to, w->ne0) == w->row_bytes);
-        for (int64_t r = 0; r < w->ne1; r++)
-            qt_repack_row(w->type, w->data + (size_t)r * w->row_bytes, dst + (size_t)r * stride, w->ne0);
+        repack_matrix(w, to, dst, stride, nth);
         if (gguf_is_mapped(m->g)) {
             uintptr_t lo = ((uintptr_t)w->data + page - 1) / page * page;
             uintptr_t hi = ((uintptr_t)w->data + bytes) / page * page;

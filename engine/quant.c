@@ -51,8 +51,9 @@ static const qt_traits scalar_rows[QT_TYPE_COUNT] = {
     ROW(QT_Q5_K, "q5_k", QT_QK_K, sizeof(qt_block_q5_k), true, QT_Q8_K, qt_q5_k_to_float, qt_q5_k_from_float, qt_q5_k_vec_dot),
     ROW(QT_Q6_K, "q6_k", QT_QK_K, sizeof(qt_block_q6_k), true, QT_Q8_K, qt_q6_k_to_float, qt_q6_k_from_float, qt_q6_k_vec_dot),
     ROW(QT_Q8_K, "q8_k", QT_QK_K, sizeof(qt_block_q8_k), true, QT_Q8_K, qt_q8_k_to_float, qt_q8_k_from_float, NULL),
-    ROW(QT_Q4_0X16, "q4_0x16", QT_QK_X16, sizeof(qt_block_q4_0x16), true, QT_Q8_0X16, qt_q4_0x16_to_float, qt_q4_0x16_from_float, qt_q4_0x16_vec_dot),
-    ROW(QT_Q8_0X16, "q8_0x16", QT_QK_X16, sizeof(qt_block_q8_0x16), true, QT_Q8_0X16, qt_q8_0x16_to_float, qt_q8_0x16_from_float, NULL),
+    ROW(QT_Q4_0X16, "q4_0x16", QT_QK_X16, sizeof(qt_block_q4_0x16), true, QT_A8_X16, qt_q4_0x16_to_float, qt_q4_0x16_from_float, qt_q4_0x16_vec_dot),
+    ROW(QT_Q8_0X16, "q8_0x16", QT_QK_X16, sizeof(qt_block_q8_0x16), true, QT_A8_X16, qt_q8_0x16_to_float, qt_q8_0x16_from_float, qt_q8_0x16_vec_dot),
+    ROW(QT_A8_X16, "a8_x16", QT_QK_X16, sizeof(qt_block_a8_x16), true, QT_A8_X16, qt_a8_x16_to_float, qt_a8_x16_from_float, NULL),
 };
 
 /* ggml ids with a name and a size but no kernels here (GGUF v3 type list). */
@@ -165,11 +166,12 @@ static const qt_override avx512_overrides[] = {
     { QT_Q5_K, NULL, NULL, qt_avx512_q5_k_vec_dot },
     { QT_Q6_K, NULL, NULL, qt_avx512_q6_k_vec_dot },
     { QT_Q8_K, NULL, qt_avx512_q8_k_from_float, NULL },
-    { QT_Q8_0X16, NULL, qt_avx512_q8_0x16_from_float, NULL },
+    { QT_A8_X16, NULL, qt_avx512_a8_x16_from_float, NULL },
 };
 
 static const qt_gemm_override avx512_gemms[] = {
     { QT_Q4_0X16, qt_avx512_q4_0x16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
+    { QT_Q8_0X16, qt_avx512_q8_0x16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q4_0, qt_avx512_q4_0_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q8_0, qt_avx512_q8_0_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q4_K, qt_avx512_q4_k_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
@@ -453,12 +455,11 @@ const qt_traits *qt_get(qt_type t)
 qt_type qt_repack_type(qt_type t, int64_t ne0)
 {
     pthread_once(&probe_once, probe);
-    /* AVX-512 without AMX: AMX's prompt tiles read Q4_0 as stored and beat
-     * the repacked kernels there. */
-    if (t == QT_Q4_0 && best_impl == QT_IMPL_AVX512 && ne0 > 0 && ne0 % QT_QK_X16 == 0 &&
-        !env_on("OUTPOST_NO_REPACK"))
-        return QT_Q4_0X16;
-    return t;
+    /* AVX-512 without AMX: AMX's prompt tiles read Q4_0 and Q8_0 as stored
+     * and beat the repacked kernels there. */
+    if (best_impl != QT_IMPL_AVX512 || ne0 <= 0 || ne0 % QT_QK_X16 != 0 || env_on("OUTPOST_NO_REPACK"))
+        return t;
+    return t == QT_Q4_0 ? QT_Q4_0X16 : t == QT_Q8_0 ? QT_Q8_0X16 : t;
 }
 
 void qt_repack_row(qt_type from, const void *restrict src, void *restrict dst, int64_t n)
@@ -473,6 +474,15 @@ void qt_repack_row(qt_type from, const void *restrict src, void *restrict dst, i
         }
 #endif
         qt_q4_0x16_from_q4_0(src, dst, n);
+        break;
+    case QT_Q8_0:
+#ifdef OUTPOST_HAVE_AVX512
+        if (have_avx512) {
+            qt_avx512_q8_0x16_from_q8_0(src, dst, n);
+            break;
+        }
+#endif
+        qt_q8_0x16_from_q8_0(src, dst, n);
         break;
     default:
         memcpy(dst, src, qt_row_bytes(from, n));

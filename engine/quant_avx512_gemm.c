@@ -104,7 +104,9 @@ static inline __mmask16 bg_row_mask(int r0, int nr)
 
 /* ---- Q4_0 and Q8_0 ----------------------------------------------------- */
 
-enum { BG_Q4_0, BG_Q8_0, BG_Q4_0X16 };
+enum { BG_Q4_0, BG_Q8_0, BG_Q4_0X16, BG_Q8_0X16 };
+
+static inline bool bg_is_x16(int kind) { return kind == BG_Q4_0X16 || kind == BG_Q8_0X16; }
 
 typedef struct bg_panel {
     float d[BG_KC][BG_COLS + 16];     /* token scales by block (room for a last group of 16) */
@@ -205,29 +207,37 @@ static inline __attribute__((always_inline)) void bg_transpose16x16(__m512i v[16
     }
 }
 
-/* Q4_0 x16 rows into W: one 64-byte load per row gives dword k of 16
- * blocks (lane = block); a 16 x 16 transpose makes it lane = row, block by
- * block, which is what the tiles want. The scales likewise, as floats. kb
- * and nkb are multiples of 16 (rows of whole x16 blocks). */
-static inline __attribute__((always_inline)) void bg_pack_x16(bg_wpack *wp, const uint8_t *x, size_t x_stride,
-                                                              int r0, int nr, int64_t kb, int nkb)
+/* Q4_0 x16 or Q8_0 x16 rows into W: one 64-byte load per row gives dword
+ * k of 16 blocks (lane = block); a 16 x 16 transpose makes it lane = row,
+ * block by block, which is what the tiles want. The scales likewise, as
+ * floats. kb and nkb are multiples of 16 (rows of whole x16 blocks). */
+static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack *wp, const uint8_t *x,
+                                                              size_t x_stride, int r0, int nr, int64_t kb,
+                                                              int nkb)
 {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const bool q4 = kind == BG_Q4_0X16;
+    const size_t bbytes = q4 ? sizeof(qt_block_q4_0x16) : sizeof(qt_block_q8_0x16);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
     const uint8_t *rows[16];
     for (int r = 0; r < 16; r++) /* rows past nr repeat the last; their lanes are not stored */
         rows[r] = x + (size_t)(r0 + r < nr ? r0 + r : nr - 1) * x_stride;
     for (int g = 0; g < nkb / 16; g++) {
         const int64_t gi = kb / 16 + g;
-        const size_t qo = (size_t)gi * sizeof(qt_block_q4_0x16) + (gi % 2 ? 32 : 0);
-        const size_t dof = (size_t)gi * sizeof(qt_block_q4_0x16) + (gi % 2 ? 0 : 256);
+        /* even blocks: codes then scales; odd blocks: scales then codes */
+        const size_t qo = (size_t)gi * bbytes + (gi % 2 ? 32 : 0);
+        const size_t dof = (size_t)gi * bbytes + (gi % 2 ? 0 : bbytes - 32);
         __m512i v[16];
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < (q4 ? 4 : 8); k++) {
             for (int r = 0; r < 16; r++)
                 v[r] = _mm512_loadu_si512(rows[r] + qo + 64 * k);
             bg_transpose16x16(v);
             for (int j = 0; j < 16; j++) {
-                wp->w[16 * g + j][k] = _mm512_and_si512(v[j], m4);
-                wp->w[16 * g + j][k + 4] = _mm512_and_si512(_mm512_srli_epi32(v[j], 4), m4);
+                if (q4) {
+                    wp->w[16 * g + j][k] = _mm512_and_si512(v[j], m4);
+                    wp->w[16 * g + j][k + 4] = _mm512_and_si512(_mm512_srli_epi32(v[j], 4), m4);
+                } else {
+                    wp->w[16 * g + j][k] = _mm512_xor_si512(v[j], flip);
+                }
             }
         }
         for (int r = 0; r < 16; r++)
@@ -238,22 +248,24 @@ static inline __attribute__((always_inline)) void bg_pack_x16(bg_wpack *wp, cons
     }
 }
 
-/* The panel of bg_panel_fill from Q8_0 x16 activations, which carry each
+/* The panel of bg_panel_fill from A8 x16 activations, which carry each
  * block's scale as a float and its code sum already: 16 tokens' 16 blocks
  * at a time, turned from lane = block to lane = token by bg_transpose16x16
  * (the panel has room for a last group of 16; missing tokens repeat the
  * last, and are not read back). */
-static inline void bg_panel_fill_x16(bg_panel *p, const uint8_t *y, size_t y_stride, int nt, int64_t kb, int nkb)
+static inline void bg_panel_fill_x16(bg_panel *p, const uint8_t *y, size_t y_stride, int nt, int64_t kb, int nkb,
+                                     int shift)
 {
     for (int t0 = 0; t0 < nt; t0 += 16) {
-        const qt_block_q8_0x16 *a[16];
+        const qt_block_a8_x16 *a[16];
         for (int t = 0; t < 16; t++)
-            a[t] = (const qt_block_q8_0x16 *)(y + (size_t)(t0 + t < nt ? t0 + t : nt - 1) * y_stride) + kb / 16;
+            a[t] = (const qt_block_a8_x16 *)(y + (size_t)(t0 + t < nt ? t0 + t : nt - 1) * y_stride) + kb / 16;
         for (int g = 0; g < nkb / 16; g++) {
             __m512i d[16], off[16];
             for (int t = 0; t < 16; t++) {
                 d[t] = _mm512_loadu_si512(a[t][g].d);
-                off[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(a[t][g].sum), 3));
+                off[t] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                          _mm512_sll_epi32(_mm512_loadu_si512(a[t][g].sum), _mm_cvtsi32_si128(shift)));
             }
             bg_transpose16x16(d);
             bg_transpose16x16(off);
@@ -272,8 +284,8 @@ static inline __attribute__((always_inline)) void bg_pack(int kind, bg_wpack *wp
                                                           int nkb)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    if (kind == BG_Q4_0X16) {
-        bg_pack_x16(wp, x, x_stride, r0, nr, kb, nkb);
+    if (bg_is_x16(kind)) {
+        bg_pack_x16(kind, wp, x, x_stride, r0, nr, kb, nkb);
         return;
     }
     const size_t bbytes = kind == BG_Q4_0 ? sizeof(qt_block_q4_0) : sizeof(qt_block_q8_0);
@@ -314,22 +326,22 @@ static inline __attribute__((always_inline)) void bg_tile(int kind, int N, const
                                                           float *s, size_t ld_s, __mmask16 rmask, int first)
 {
     /* where a token's code dword k of block b is: Q8_0 blocks as stored
-     * (codes from byte 2, dwords 4 bytes apart), or Q8_0 x16 (dword k of
+     * (codes from byte 2, dwords 4 bytes apart), or A8 x16 (dword k of
      * block j at 64 k + 4 j of its 640-byte group) */
-    const bool x16 = kind == BG_Q4_0X16;
+    const bool x16 = bg_is_x16(kind);
     const size_t kstep = x16 ? 64 : 4;
     __m512 acc[BG_NT];
     const uint8_t *yt[BG_NT];
     for (int t = 0; t < N; t++) {
         acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rmask, s + (size_t)(t0 + t) * ld_s);
         yt[t] = y + (size_t)(t0 + t) * y_stride +
-                (x16 ? (size_t)(kb / 16) * sizeof(qt_block_q8_0x16) : (size_t)kb * sizeof(qt_block_q8_0) + 2);
+                (x16 ? (size_t)(kb / 16) * sizeof(qt_block_a8_x16) : (size_t)kb * sizeof(qt_block_q8_0) + 2);
     }
     for (int b = 0; b < nkb; b++) {
         __m512i w0 = wp->w[b][0], w1 = wp->w[b][1], w2 = wp->w[b][2], w3 = wp->w[b][3];
         __m512i w4 = wp->w[b][4], w5 = wp->w[b][5], w6 = wp->w[b][6], w7 = wp->w[b][7];
         __m512 dw = wp->d[b];
-        const size_t boff = x16 ? (size_t)(b / 16) * sizeof(qt_block_q8_0x16) + 4 * (size_t)(b % 16)
+        const size_t boff = x16 ? (size_t)(b / 16) * sizeof(qt_block_a8_x16) + 4 * (size_t)(b % 16)
                                 : (size_t)b * sizeof(qt_block_q8_0);
         for (int t = 0; t < N; t++) {
             const uint8_t *q = yt[t] + boff;
@@ -379,8 +391,8 @@ static inline __attribute__((always_inline)) void bg_gemm(int kind, int64_t n, f
     bg_wpack wp;
     for (int64_t kb = 0; kb < nb; kb += BG_KC) {
         const int nkb = nb - kb < BG_KC ? (int)(nb - kb) : BG_KC;
-        if (kind == BG_Q4_0X16)
-            bg_panel_fill_x16(&panel, y, y_stride, nt, kb, nkb);
+        if (bg_is_x16(kind))
+            bg_panel_fill_x16(&panel, y, y_stride, nt, kb, nkb, kind == BG_Q4_0X16 ? 3 : 7);
         else
             bg_panel_fill(&panel, y, y_stride, nt, kb, nkb, kind == BG_Q4_0 ? 3 : 7);
         for (int r0 = 0; r0 < nr; r0 += 16) {
@@ -444,7 +456,7 @@ void qt_avx512_q8_0_gemm_blocked(int64_t n, float *restrict s, size_t ld_s, cons
 #define X16_PREFETCH_BYTES 4096
 
 static inline __attribute__((always_inline)) __m512 x16_dot(__m512 acc, const uint8_t *qs, const uint8_t *d,
-                                                            const qt_block_q8_0x16 *a)
+                                                            const qt_block_a8_x16 *a)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f), m4h = _mm512_set1_epi8((char)0xf0);
     const __m512i w0 = _mm512_loadu_si512(qs), w1 = _mm512_loadu_si512(qs + 64);
@@ -476,7 +488,7 @@ static void x16_gemv(int64_t n, float *restrict s, const uint8_t *restrict x, si
                      const uint8_t *restrict y)
 {
     const int64_t ng = n / QT_QK_X16;
-    const qt_block_q8_0x16 *a = (const qt_block_q8_0x16 *)y;
+    const qt_block_a8_x16 *a = (const qt_block_a8_x16 *)y;
     for (int r = 0; r < nr; r++) {
         const qt_block_q4_0x16 *w = (const qt_block_q4_0x16 *)(x + (size_t)r * x_stride);
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
@@ -506,15 +518,98 @@ void qt_avx512_q4_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const voi
     bg_gemm(BG_Q4_0X16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
 }
 
+/* Q8_0 x16 the same way: eight 64-byte loads of codes per 512 elements,
+ * each flipped to unsigned (+128, by xor) for vpdpbusd, the -128 * sum
+ * offset added once. */
+static inline __attribute__((always_inline)) __m512 q8x16_dot(__m512 acc, const uint8_t *qs, const uint8_t *d,
+                                                              const qt_block_a8_x16 *a)
+{
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+    for (int k = 0; k < 8; k += 4) {
+        c0 = _mm512_dpbusd_epi32(c0, _mm512_xor_si512(_mm512_loadu_si512(qs + 64 * k), flip),
+                                 _mm512_loadu_si512(a->qs + 64 * k));
+        c1 = _mm512_dpbusd_epi32(c1, _mm512_xor_si512(_mm512_loadu_si512(qs + 64 * k + 64), flip),
+                                 _mm512_loadu_si512(a->qs + 64 * k + 64));
+        c2 = _mm512_dpbusd_epi32(c2, _mm512_xor_si512(_mm512_loadu_si512(qs + 64 * k + 128), flip),
+                                 _mm512_loadu_si512(a->qs + 64 * k + 128));
+        c3 = _mm512_dpbusd_epi32(c3, _mm512_xor_si512(_mm512_loadu_si512(qs + 64 * k + 192), flip),
+                                 _mm512_loadu_si512(a->qs + 64 * k + 192));
+    }
+    __m512i off = _mm512_slli_epi32(_mm512_loadu_si512(a->sum), 7);
+    __m512i i = _mm512_add_epi32(_mm512_sub_epi32(c0, off), c1);
+    i = _mm512_add_epi32(i, _mm512_add_epi32(c2, c3));
+    __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)d));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, _mm512_loadu_ps(a->d)), acc);
+}
+
+static void q8x16_gemv(int64_t n, float *restrict s, const uint8_t *restrict x, size_t x_stride, int nr,
+                       const uint8_t *restrict y)
+{
+    const int64_t ng = n / QT_QK_X16;
+    const qt_block_a8_x16 *a = (const qt_block_a8_x16 *)y;
+    for (int r = 0; r < nr; r++) {
+        const qt_block_q8_0x16 *w = (const qt_block_q8_0x16 *)(x + (size_t)r * x_stride);
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        int64_t g = 0;
+        for (; g + 2 <= ng; g += 2) { /* [qs d d qs] */
+            const uint8_t *p = w[g].bytes;
+            x16_prefetch(p, 17);
+            acc0 = q8x16_dot(acc0, p, p + 512, &a[g]);
+            acc1 = q8x16_dot(acc1, p + 576, p + 544, &a[g + 1]);
+        }
+        if (g < ng) {
+            x16_prefetch(w[g].bytes, 9);
+            acc0 = q8x16_dot(acc0, qt_q8x16_qs(w, g), qt_q8x16_d(w, g), &a[g]);
+        }
+        s[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    }
+}
+
+void qt_avx512_q8_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                            size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
+{
+    if (bg_delegate(nt)) {
+        for (int t = 0; t < nt; t++)
+            q8x16_gemv(n, s + (size_t)t * ld_s, x, x_stride, nr, (const uint8_t *)y + (size_t)t * y_stride);
+        return;
+    }
+    bg_gemm(BG_Q8_0X16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}
+
+/* qt_q8_0x16_from_q8_0 with two 16 x 4 dword transposes per 16 blocks. */
+void qt_avx512_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n)
+{
+    const qt_block_q8_0 *b = src;
+    qt_block_q8_0x16 *o = dst;
+    for (int64_t g = 0; g < n / QT_QK_X16; g++, b += 16, o++) {
+        const uint8_t *blocks[16];
+        uint16_t dh[16];
+        for (int j = 0; j < 16; j++) {
+            blocks[j] = (const uint8_t *)&b[j];
+            dh[j] = b[j].d;
+        }
+        uint8_t *qs = o->bytes + (g % 2 ? 32 : 0), *d = o->bytes + (g % 2 ? 0 : 512);
+        for (int h = 0; h < 2; h++) {
+            __m512i z[4], q[4];
+            bg_load16x16(blocks, 2 + 16 * (size_t)h, z);
+            bg_transpose16x4(z, q);
+            for (int k = 0; k < 4; k++)
+                _mm512_storeu_si512(qs + 64 * (4 * h + k), q[k]);
+        }
+        _mm256_storeu_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)dh));
+    }
+}
+
 /* Q8_0 as qt_avx512_q8_0_from_float makes it (so codes and scales match the
  * Q8_0 path bit for bit), then rearranged 16 blocks at a time with the
  * 16 x 4 transposes of bg_pack; the code sums come from vpdpbusd against
  * ones. */
-void qt_avx512_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
+void qt_avx512_a8_x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
 {
     const __m512i ones = _mm512_set1_epi8(1);
     qt_block_q8_0 tmp[16];
-    qt_block_q8_0x16 *o = dst;
+    qt_block_a8_x16 *o = dst;
     const uint8_t *rows[16];
     for (int j = 0; j < 16; j++)
         rows[j] = (const uint8_t *)&tmp[j];

@@ -173,21 +173,40 @@ static inline const uint8_t *qt_x16_d(const qt_block_q4_0x16 *row, int64_t g)
     return row[g].bytes + (g % 2 ? 0 : 256);
 }
 
-/* Q8_0 x16 (activations against Q4_0 x16): code dword k (k = 0..7, codes
+/* Q8_0 x16: 16 Q8_0 blocks rearranged, 544 bytes: 512 of codes (dword k =
+ * codes 4k .. 4k + 3 of block j at 64 k + 4 j, k = 0..7) and 16 fp16
+ * scales; even blocks of a row hold the codes first, odd ones the scales
+ * first, as Q4_0 x16. */
+typedef struct QT_PACKED qt_block_q8_0x16 {
+    uint8_t bytes[544];
+} qt_block_q8_0x16;
+
+static inline const uint8_t *qt_q8x16_qs(const qt_block_q8_0x16 *row, int64_t g)
+{
+    return row[g].bytes + (g % 2 ? 32 : 0);
+}
+
+static inline const uint8_t *qt_q8x16_d(const qt_block_q8_0x16 *row, int64_t g)
+{
+    return row[g].bytes + (g % 2 ? 0 : 512);
+}
+
+/* A8 x16 (activations against Q4_0 x16): code dword k (k = 0..7, codes
  * 4k .. 4k + 3) of block j is qs[64 k + 4 j .. + 4]; d[j] is block j's Q8_0
  * scale (fp16-rounded, as Q8_0 stores it) widened to float; sum[j] the sum
  * of its 32 codes. */
-typedef struct QT_PACKED qt_block_q8_0x16 {
+typedef struct QT_PACKED qt_block_a8_x16 {
     int8_t qs[512];
     float d[16];
     int32_t sum[16];
-} qt_block_q8_0x16;
+} qt_block_a8_x16;
 
 _Static_assert(sizeof(qt_block_q8_0) == 34, "Q8_0 block is 34 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q8_1) == 36, "Q8_1 block is 36 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q4_0) == 18, "Q4_0 block is 18 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q4_0x16) == 16 * sizeof(qt_block_q4_0), "Q4_0 x16 is 16 Q4_0 blocks rearranged");
-_Static_assert(sizeof(qt_block_q8_0x16) == 640, "Q8_0 x16 is 640 bytes");
+_Static_assert(sizeof(qt_block_a8_x16) == 640, "A8 x16 is 640 bytes");
+_Static_assert(sizeof(qt_block_q8_0x16) == 16 * sizeof(qt_block_q8_0), "Q8_0 x16 is 16 Q8_0 blocks rearranged");
 _Static_assert(sizeof(qt_block_q4_1) == 20, "Q4_1 block is 20 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q5_0) == 22, "Q5_0 block is 22 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q5_1) == 24, "Q5_1 block is 24 bytes in GGUF");
@@ -307,6 +326,10 @@ void qt_q4_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, co
 void qt_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n);
 void qt_q8_0x16_to_float(const void *restrict src, float *restrict dst, int64_t n);
 void qt_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q8_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n);
+void qt_a8_x16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_a8_x16_from_float(const float *restrict src, void *restrict dst, int64_t n);
 
 void qt_q4_0_to_float(const void *restrict src, float *restrict dst, int64_t n);
 void qt_q4_0_from_float(const float *restrict src, void *restrict dst, int64_t n);
@@ -415,7 +438,10 @@ void qt_avx512_q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict x
 void qt_avx512_q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void qt_avx512_q8_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
 void qt_avx512_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n);
-void qt_avx512_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_avx512_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n);
+void qt_avx512_q8_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
+                            int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_a8_x16_from_float(const float *restrict src, void *restrict dst, int64_t n);
 void qt_avx512_q4_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
                             int nr, const void *restrict y, size_t y_stride, int nt);
 void qt_avx512_q4_0_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,

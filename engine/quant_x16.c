@@ -1,6 +1,7 @@
 /*
- * quant_x16.c - the interleaved in-memory layouts Q4_0 x16 (weights) and
- * Q8_0 x16 (their activations): reference kernels and the repack from Q4_0.
+ * quant_x16.c - the interleaved in-memory layouts Q4_0 x16 and Q8_0 x16
+ * (weights) and A8 x16 (their activations): reference kernels and the
+ * repacks from Q4_0 and Q8_0.
  *
  * Why: a Q4_0 row as stored is 18-byte blocks, a 2-byte scale then 16 bytes
  * of nibbles, so a SIMD kernel reading it in place spends shuffles gathering
@@ -22,13 +23,16 @@
  *   across cache lines halved the kernel's speed in L2 (measured). Rows are
  *   therefore converted and read whole, from their first element.
  *
+ *   Q8_0 x16 is the same for Q8_0 (544 bytes: 512 of codes, dwords k =
+ *   0..7, then the 16 scales; odd blocks scales first).
+ *
  * A 64-byte load of qs then holds dword k of all 16 blocks, one block per
  * int32 lane, and vpdpbusd against the activations laid out the same way
- * (Q8_0 x16, below) leaves each block's dot in its own lane after eight
+ * (A8 x16, below) leaves each block's dot in its own lane after eight
  * instructions, with no shuffles; one conversion and one FMA with the 16
  * scales (one 32-byte load) finish 512 elements.
  *
- *   Q8_0 x16, 640 bytes per 512 elements:
+ *   A8 x16, 640 bytes per 512 elements:
  *     qs[64 k + 4 j .. + 4] = codes 4k .. 4k + 3 of block j (k = 0..7)
  *     d[j]                  = block j's scale (Q8_0's fp16 value, as float)
  *     sum[j]                = the sum of block j's 32 codes
@@ -87,10 +91,10 @@ void qt_q4_0x16_from_float(const float *restrict src, void *restrict dst, int64_
     }
 }
 
-void qt_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
+void qt_a8_x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
 {
     qt_block_q8_0 tmp[16];
-    qt_block_q8_0x16 *o = dst;
+    qt_block_a8_x16 *o = dst;
     for (int64_t g = 0; g < n / QT_QK_X16; g++, o++) {
         qt_q8_0_from_float(src + g * QT_QK_X16, tmp, QT_QK_X16);
         for (int j = 0; j < 16; j++) {
@@ -106,9 +110,9 @@ void qt_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_
     }
 }
 
-void qt_q8_0x16_to_float(const void *restrict src, float *restrict dst, int64_t n)
+void qt_a8_x16_to_float(const void *restrict src, float *restrict dst, int64_t n)
 {
-    const qt_block_q8_0x16 *b = src;
+    const qt_block_a8_x16 *b = src;
     for (int64_t g = 0; g < n / QT_QK_X16; g++, b++) {
         for (int j = 0; j < 16; j++) {
             float d;
@@ -122,7 +126,7 @@ void qt_q8_0x16_to_float(const void *restrict src, float *restrict dst, int64_t 
 void qt_q4_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y)
 {
     const qt_block_q4_0x16 *a = x;
-    const qt_block_q8_0x16 *b = y;
+    const qt_block_a8_x16 *b = y;
     float sum = 0.0f;
     for (int64_t g = 0; g < n / QT_QK_X16; g++) {
         const uint8_t *qs = qt_x16_qs(a, g), *dp = qt_x16_d(a, g);
@@ -132,6 +136,74 @@ void qt_q4_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, co
                 const uint8_t q = qs[64 * (e / 4) + 4 * j + e % 4];
                 sumi += ((q & 0x0f) - 8) * b[g].qs[64 * (e / 4) + 4 * j + e % 4];
                 sumi += ((q >> 4) - 8) * b[g].qs[256 + 64 * (e / 4) + 4 * j + e % 4];
+            }
+            uint16_t h;
+            float dy;
+            memcpy(&h, dp + 2 * j, sizeof h);
+            memcpy(&dy, &b[g].d[j], sizeof dy);
+            sum += (float)sumi * (qt_fp16_decode(h) * dy);
+        }
+    }
+    *s = sum;
+}
+
+/* ---- Q8_0 x16 --------------------------------------------------------- */
+
+/* Block g of a Q8_0 x16 row from 16 Q8_0 blocks. */
+static void q8x16_put(qt_block_q8_0x16 *row, int64_t g, const qt_block_q8_0 *b)
+{
+    uint8_t *qs = (uint8_t *)qt_q8x16_qs(row, g), *d = (uint8_t *)qt_q8x16_d(row, g);
+    for (int j = 0; j < 16; j++) {
+        memcpy(d + 2 * j, &b[j].d, sizeof(uint16_t));
+        for (int k = 0; k < 8; k++)
+            memcpy(qs + 64 * k + 4 * j, &b[j].qs[4 * k], 4);
+    }
+}
+
+void qt_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n)
+{
+    for (int64_t g = 0; g < n / QT_QK_X16; g++)
+        q8x16_put(dst, g, (const qt_block_q8_0 *)src + 16 * g);
+}
+
+void qt_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
+{
+    qt_block_q8_0 tmp[16];
+    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
+        qt_q8_0_from_float(src + g * QT_QK_X16, tmp, QT_QK_X16);
+        q8x16_put(dst, g, tmp);
+    }
+}
+
+void qt_q8_0x16_to_float(const void *restrict src, float *restrict dst, int64_t n)
+{
+    const qt_block_q8_0x16 *b = src;
+    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
+        const int8_t *qs = (const int8_t *)qt_q8x16_qs(b, g);
+        const uint8_t *dp = qt_q8x16_d(b, g);
+        for (int j = 0; j < 16; j++) {
+            uint16_t h;
+            memcpy(&h, dp + 2 * j, sizeof h);
+            const float d = qt_fp16_decode(h);
+            for (int e = 0; e < QT_QK; e++)
+                dst[g * QT_QK_X16 + j * QT_QK + e] = (float)qs[64 * (e / 4) + 4 * j + e % 4] * d;
+        }
+    }
+}
+
+void qt_q8_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y)
+{
+    const qt_block_q8_0x16 *a = x;
+    const qt_block_a8_x16 *b = y;
+    float sum = 0.0f;
+    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
+        const int8_t *qs = (const int8_t *)qt_q8x16_qs(a, g);
+        const uint8_t *dp = qt_q8x16_d(a, g);
+        for (int j = 0; j < 16; j++) {
+            int32_t sumi = 0;
+            for (int e = 0; e < QT_QK; e++) {
+                const size_t at = 64 * (size_t)(e / 4) + 4 * (size_t)j + (size_t)(e % 4);
+                sumi += qs[at] * b[g].qs[at];
             }
             uint16_t h;
             float dy;

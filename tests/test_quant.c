@@ -241,7 +241,7 @@ static void type_from_name_is_case_insensitive_and_rejects_unknown(void **state)
         /* in-memory layouts have names for messages, but users cannot ask for them */
         assert_int_equal(qt_type_from_name(name), t < QT_FILE_TYPE_COUNT ? t : -1);
     }
-    assert_int_equal(named, 22);
+    assert_int_equal(named, 23);
     assert_string_equal(qt_type_name(QT_Q4_0X16), "q4_0x16");
     assert_int_equal(qt_type_from_name("q4_0x16"), -1);
     assert_string_equal(qt_type_name((qt_type)5), "?");
@@ -250,16 +250,17 @@ static void type_from_name_is_case_insensitive_and_rejects_unknown(void **state)
     assert_string_equal(qt_impl_name(QT_IMPL_AVX2), "avx2");
 }
 
-/* Q4_0 x16 is a rearrangement: a repacked row (whichever kernel this CPU
- * repacks with) dequantizes to exactly the values of the Q4_0 row, across
- * an odd number of x16 blocks (so both block layouts, codes-first and
+/* Q4_0 x16 and Q8_0 x16 are rearrangements: a repacked row (whichever
+ * kernel this CPU repacks with) dequantizes to exactly the values of the row
+ * it came from, across an odd number of x16 blocks (so both block layouts, codes-first and
  * scales-first, are checked). */
-static void q4_0x16_repack_keeps_every_value(void **state)
+static void check_repack_keeps_every_value(qt_type from, qt_type to)
 {
-    (void)state;
     const int64_t n = 3 * 512;
-    const size_t bytes = qt_row_bytes(QT_Q4_0, n);
-    assert_int_equal(qt_row_bytes(QT_Q4_0X16, n), bytes);
+    const size_t bytes = qt_row_bytes(from, n);
+    const size_t block = qt_row_bytes(from, 32);
+    assert_int_equal(qt_repack_type(from, n) == from || qt_repack_type(from, n) == to, true);
+    assert_int_equal(qt_row_bytes(to, n), bytes);
     unsigned char *src = malloc(bytes), *dst = malloc(bytes);
     float *want = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
     assert_true(src && dst && want && got);
@@ -270,16 +271,23 @@ static void q4_0x16_repack_keeps_every_value(void **state)
     }
     for (int64_t b = 0; b < n / 32; b++) { /* finite scales */
         uint16_t h = qt_fp32_to_fp16(0.001f * (float)(b + 1) * (b % 2 ? -1.0f : 1.0f));
-        memcpy(src + 18 * b, &h, 2);
+        memcpy(src + block * (size_t)b, &h, 2);
     }
-    qt_repack_row(QT_Q4_0, src, dst, n);
-    qt_get_impl(QT_Q4_0, QT_IMPL_SCALAR)->to_float(src, want, n);
-    qt_get_impl(QT_Q4_0X16, QT_IMPL_SCALAR)->to_float(dst, got, n);
+    qt_repack_row(from, src, dst, n);
+    qt_get_impl(from, QT_IMPL_SCALAR)->to_float(src, want, n);
+    qt_get_impl(to, QT_IMPL_SCALAR)->to_float(dst, got, n);
     assert_memory_equal(want, got, sizeof(float) * n);
     free(src);
     free(dst);
     free(want);
     free(got);
+}
+
+static void x16_repacks_keep_every_value(void **state)
+{
+    (void)state;
+    check_repack_keeps_every_value(QT_Q4_0, QT_Q4_0X16);
+    check_repack_keeps_every_value(QT_Q8_0, QT_Q8_0X16);
 }
 
 /* The env var is read once per process, so ask a fresh copy of this binary. */
@@ -1102,7 +1110,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(get_returns_null_for_unknown_and_storage_only_types),
         cmocka_unit_test(row_bytes_counts_blocks_and_rejects_partial_blocks),
         cmocka_unit_test(type_from_name_is_case_insensitive_and_rejects_unknown),
-        cmocka_unit_test(q4_0x16_repack_keeps_every_value),
+        cmocka_unit_test(x16_repacks_keep_every_value),
         cmocka_unit_test(no_simd_env_forces_scalar_rows),
         cmocka_unit_test(q8_0_block_layout_decodes_to_known_values),
         cmocka_unit_test(q8_1_block_layout_decodes_to_known_values),
