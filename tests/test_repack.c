@@ -159,13 +159,19 @@ static void check_type(qt_type type, qt_type packed)
     float *a = run(plain, n_vocab), *b = run(repacked, n_vocab);
     for (int t = 0; t < 2 * N_PROMPT; t++) {
         const float *x = a + (size_t)t * n_vocab, *y = b + (size_t)t * n_vocab;
-        double lo = INFINITY, hi = -INFINITY, worst = 0.0;
+        /* plain comparisons: fmin/fmax reductions here crashed the aarch64
+         * cross compiler's vectorizer (GCC 12, internal compiler error) */
+        float lo = x[0], hi = x[0], worst = 0.0f;
         for (int i = 0; i < n_vocab; i++) {
-            lo = fmin(lo, x[i]);
-            hi = fmax(hi, x[i]);
-            worst = fmax(worst, fabs((double)x[i] - y[i]));
+            if (x[i] < lo)
+                lo = x[i];
+            if (x[i] > hi)
+                hi = x[i];
+            const float d = x[i] > y[i] ? x[i] - y[i] : y[i] - x[i];
+            if (!(d <= worst))
+                worst = d;
         }
-        if (!(worst <= 1e-4 * (hi - lo)))
+        if (!(worst <= 1e-4f * (hi - lo)))
             fail_msg("%s, %s token %d: logits differ by %g (spread %g)", qt_type_name(type),
                      t < N_PROMPT ? "batched" : "decoded", t % N_PROMPT, worst, hi - lo);
     }
