@@ -1,12 +1,15 @@
 /*
  * quant_avx512_gemm.c - cache-blocked AVX-512 VNNI gemm tiles (qt_gemm_fn)
  * for prompt batches: Q4_0 and Q8_0 weights against Q8_0 activations, Q4_K
- * and Q6_K weights against Q8_K activations.
+ * and Q6_K weights against Q8_K activations; and every kernel of the
+ * interleaved Q4_0 x16 and Q8_0 x16 weights (quant_x16.c has the layout):
+ * their decode, their prompt tiles (the ones below, with the weights
+ * unpacked through 16 x 16 transposes) and the A8 x16 activation quantizer.
  *
  * Compiled, like quant_avx512.c, with AVX-512 F/BW/VL/DQ + VNNI and called
- * only after quant.c's probe saw them. Batches of fewer than BG_MIN_TOKENS
- * tokens (decode among them) go to quant_avx512.c's tiles and gemv kernels,
- * so this file changes nothing for decode.
+ * only after quant.c's probe saw them. For the stored layouts, batches of
+ * fewer than BG_MIN_TOKENS tokens (decode among them) go to quant_avx512.c's
+ * tiles and gemv kernels.
  *
  * Layout ("row lanes"): one zmm holds 16 weight rows, lane r = row r. For
  * one 32-element block (or sub-block) the weights are unpacked once per
@@ -34,6 +37,10 @@
  * no gathers (they cost a fifth of the kernel's time in a first version).
  * The token panel folds each token's 32 codes with one vpdpbusd against
  * ones and reduces eight tokens at a time with a vphaddd tree.
+ *
+ * Row groups go two at a time where there are two (bg_tile2: 32 rows by
+ * BG_NT2 = 4 tokens, each activation broadcast meeting both groups); a
+ * last single group takes bg_tile below.
  *
  * Register budget of the inner loop (16 rows x BG_NT = 8 tokens): 8 zmm W
  * for the current block, 1 zmm of weight scales, 8 float accumulators (one
