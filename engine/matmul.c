@@ -173,12 +173,13 @@ int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *
         t.xq_row_bytes = qt_row_bytes(t.wt->vec_dot_type, t.ne0);
         size_t need = t.xq_row_bytes * (size_t)n;
         if (need > s->cap_bytes) {
-            uint8_t *nb = aligned_alloc(64, (need + 63) / 64 * 64); /* activation loads on whole lines */
-            free(s->xq);
-            if (!nb) {
+            /* 64-byte aligned: activation loads on whole lines */
+            uint8_t *nb = aligned_alloc(64, (need + 63) / 64 * 64);
+            if (!nb) { /* the old buffer stays, with its size, for smaller batches */
                 snprintf(err, 256, "matmul: out of memory for %zu bytes of activations", need);
                 return ENG_ENOMEM;
             }
+            free(s->xq);
             s->xq = nb;
             s->cap_bytes = need;
         }

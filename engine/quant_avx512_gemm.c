@@ -230,9 +230,7 @@ static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack
         rows[r] = x + (size_t)(r0 + r < nr ? r0 + r : nr - 1) * x_stride;
     for (int g = 0; g < nkb / 16; g++) {
         const int64_t gi = kb / 16 + g;
-        /* even blocks: codes then scales; odd blocks: scales then codes */
-        const size_t qo = (size_t)gi * bbytes + (gi % 2 ? 32 : 0);
-        const size_t dof = (size_t)gi * bbytes + (gi % 2 ? 0 : bbytes - 32);
+        const size_t qo = qt_x16_qs_at(gi, bbytes), dof = qt_x16_d_at(gi, bbytes);
         __m512i v[16];
         for (int k = 0; k < (q4 ? 4 : 8); k++) {
             for (int r = 0; r < 16; r++)
@@ -568,40 +566,6 @@ static inline __attribute__((always_inline)) void x16_prefetch(const void *p, in
         _mm_prefetch((const char *)((uintptr_t)p + X16_PREFETCH_BYTES + 64 * (size_t)l), _MM_HINT_T0);
 }
 
-static void x16_gemv(int64_t n, float *restrict s, const uint8_t *restrict x, size_t x_stride, int nr,
-                     const uint8_t *restrict y)
-{
-    const int64_t ng = n / QT_QK_X16;
-    const qt_block_a8_x16 *a = (const qt_block_a8_x16 *)y;
-    for (int r = 0; r < nr; r++) {
-        const qt_block_q4_0x16 *w = (const qt_block_q4_0x16 *)(x + (size_t)r * x_stride);
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        int64_t g = 0;
-        for (; g + 2 <= ng; g += 2) { /* [qs d d qs] */
-            const uint8_t *p = w[g].bytes;
-            x16_prefetch(p, 9);
-            acc0 = x16_dot(acc0, p, p + 256, &a[g]);
-            acc1 = x16_dot(acc1, p + 320, p + 288, &a[g + 1]);
-        }
-        if (g < ng) {
-            x16_prefetch(w[g].bytes, 5);
-            acc0 = x16_dot(acc0, qt_x16_qs(w, g), qt_x16_d(w, g), &a[g]);
-        }
-        s[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    }
-}
-
-void qt_avx512_q4_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
-                            size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
-{
-    if (bg_delegate(nt)) {
-        for (int t = 0; t < nt; t++)
-            x16_gemv(n, s + (size_t)t * ld_s, x, x_stride, nr, (const uint8_t *)y + (size_t)t * y_stride);
-        return;
-    }
-    bg_gemm(BG_Q4_0X16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
-}
-
 /* Q8_0 x16 the same way: eight 64-byte loads of codes per 512 elements,
  * each flipped to unsigned (+128, by xor) for vpdpbusd, the -128 * sum
  * offset added once. */
@@ -627,54 +591,81 @@ static inline __attribute__((always_inline)) __m512 q8x16_dot(__m512 acc, const 
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, _mm512_loadu_ps(a->d)), acc);
 }
 
-static void q8x16_gemv(int64_t n, float *restrict s, const uint8_t *restrict x, size_t x_stride, int nr,
-                       const uint8_t *restrict y)
+/* Decode of Q4_0 x16 or Q8_0 x16 rows (kind BG_Q4_0X16 or BG_Q8_0X16):
+ * each row front to back, two x16 blocks ([qs d][d qs]) per step. */
+static inline __attribute__((always_inline)) void x16_gemv(int kind, int64_t n, float *restrict s,
+                                                           const uint8_t *restrict x, size_t x_stride, int nr,
+                                                           const uint8_t *restrict y)
 {
+    const size_t bytes = kind == BG_Q4_0X16 ? sizeof(qt_block_q4_0x16) : sizeof(qt_block_q8_0x16);
+    const int lines = (int)((2 * bytes + 63) / 64);
     const int64_t ng = n / QT_QK_X16;
     const qt_block_a8_x16 *a = (const qt_block_a8_x16 *)y;
     for (int r = 0; r < nr; r++) {
-        const qt_block_q8_0x16 *w = (const qt_block_q8_0x16 *)(x + (size_t)r * x_stride);
+        const uint8_t *w = x + (size_t)r * x_stride;
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        int64_t g = 0;
-        for (; g + 2 <= ng; g += 2) { /* [qs d d qs] */
-            const uint8_t *p = w[g].bytes;
-            x16_prefetch(p, 17);
-            acc0 = q8x16_dot(acc0, p, p + 512, &a[g]);
-            acc1 = q8x16_dot(acc1, p + 576, p + 544, &a[g + 1]);
-        }
-        if (g < ng) {
-            x16_prefetch(w[g].bytes, 9);
-            acc0 = q8x16_dot(acc0, qt_q8x16_qs(w, g), qt_q8x16_d(w, g), &a[g]);
+        for (int64_t g = 0; g < ng; g += 2) {
+            const uint8_t *p = w + (size_t)g * bytes;
+            x16_prefetch(p, g + 1 < ng ? lines : lines / 2 + 1);
+            /* g is even: [qs d] here, [d qs] after (qt_x16_qs_at, qt_x16_d_at) */
+            const uint8_t *qs0 = p, *d0 = p + bytes - 32;
+            if (kind == BG_Q4_0X16)
+                acc0 = x16_dot(acc0, qs0, d0, &a[g]);
+            else
+                acc0 = q8x16_dot(acc0, qs0, d0, &a[g]);
+            if (g + 1 < ng) {
+                const uint8_t *qs1 = p + bytes + 32, *d1 = p + bytes;
+                if (kind == BG_Q4_0X16)
+                    acc1 = x16_dot(acc1, qs1, d1, &a[g + 1]);
+                else
+                    acc1 = q8x16_dot(acc1, qs1, d1, &a[g + 1]);
+            }
         }
         s[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     }
 }
 
-void qt_avx512_q8_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
-                            size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
+/* The gemm entry of both x16 types: decode and small batches one token at
+ * a time through x16_gemv, prompts through bg_gemm. */
+static inline __attribute__((always_inline)) void x16_gemm(int kind, int64_t n, float *restrict s, size_t ld_s,
+                                                           const void *restrict x, size_t x_stride, int nr,
+                                                           const void *restrict y, size_t y_stride, int nt)
 {
     if (bg_delegate(nt)) {
         for (int t = 0; t < nt; t++)
-            q8x16_gemv(n, s + (size_t)t * ld_s, x, x_stride, nr, (const uint8_t *)y + (size_t)t * y_stride);
+            x16_gemv(kind, n, s + (size_t)t * ld_s, x, x_stride, nr, (const uint8_t *)y + (size_t)t * y_stride);
         return;
     }
-    bg_gemm(BG_Q8_0X16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+    bg_gemm(kind, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
 }
 
-/* qt_q8_0x16_from_q8_0 with two 16 x 4 dword transposes per 16 blocks. */
-void qt_avx512_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n)
+void qt_avx512_q4_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                            size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
 {
-    const qt_block_q8_0 *b = src;
-    qt_block_q8_0x16 *o = dst;
-    for (int64_t g = 0; g < n / QT_QK_X16; g++, b += 16, o++) {
+    x16_gemm(BG_Q4_0X16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}
+
+void qt_avx512_q8_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                            size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
+{
+    x16_gemm(BG_Q8_0X16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}
+
+/* qt_q4_0x16_from_q4_0 and qt_q8_0x16_from_q8_0 with the transposes of
+ * bg_pack: the 16 blocks' codes (16 bytes per half, bbytes apart) are the
+ * "rows" of a 16 x 4 dword transpose, one per half (one half for Q4_0, two
+ * for Q8_0). */
+static void x16_from_legacy(const uint8_t *src, uint8_t *dst, int64_t n, size_t bbytes, size_t xbytes, int halves)
+{
+    for (int64_t g = 0; g < n / QT_QK_X16; g++, src += 16 * bbytes) {
         const uint8_t *blocks[16];
         uint16_t dh[16];
         for (int j = 0; j < 16; j++) {
-            blocks[j] = (const uint8_t *)&b[j];
-            dh[j] = b[j].d;
+            blocks[j] = src + (size_t)j * bbytes;
+            memcpy(&dh[j], blocks[j], sizeof dh[j]);
         }
-        uint8_t *qs = o->bytes + (g % 2 ? 32 : 0), *d = o->bytes + (g % 2 ? 0 : 512);
-        for (int h = 0; h < 2; h++) {
+        uint8_t *qs = dst + qt_x16_qs_at(g, xbytes), *d = dst + qt_x16_d_at(g, xbytes);
+        for (int h = 0; h < halves; h++) {
             __m512i z[4], q[4];
             bg_load16x16(blocks, 2 + 16 * (size_t)h, z);
             bg_transpose16x4(z, q);
@@ -683,6 +674,16 @@ void qt_avx512_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, i
         }
         _mm256_storeu_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)dh));
     }
+}
+
+void qt_avx512_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n)
+{
+    x16_from_legacy(src, dst, n, sizeof(qt_block_q4_0), sizeof(qt_block_q4_0x16), 1);
+}
+
+void qt_avx512_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n)
+{
+    x16_from_legacy(src, dst, n, sizeof(qt_block_q8_0), sizeof(qt_block_q8_0x16), 2);
 }
 
 /* Q8_0 as qt_avx512_q8_0_from_float makes it (so codes and scales match the
@@ -714,29 +715,6 @@ void qt_avx512_a8_x16_from_float(const float *restrict src, void *restrict dst, 
         for (int j = 0; j < 16; j++)
             dh[j] = tmp[j].d;
         _mm512_storeu_ps(o->d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)dh)));
-    }
-}
-
-/* qt_q4_0x16_from_q4_0 with the transposes of bg_pack: the 16 blocks' qs
- * (16 bytes each, 18 apart) are the "rows" of a 16 x 4 dword transpose. */
-void qt_avx512_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n)
-{
-    const qt_block_q4_0 *b = src;
-    qt_block_q4_0x16 *o = dst;
-    for (int64_t g = 0; g < n / QT_QK_X16; g++, b += 16, o++) {
-        const uint8_t *blocks[16];
-        uint16_t dh[16];
-        for (int j = 0; j < 16; j++) {
-            blocks[j] = (const uint8_t *)&b[j];
-            dh[j] = b[j].d;
-        }
-        __m512i z[4], q[4];
-        bg_load16x16(blocks, 2, z);
-        bg_transpose16x4(z, q);
-        uint8_t *qs = o->bytes + (g % 2 ? 32 : 0), *d = o->bytes + (g % 2 ? 0 : 256);
-        for (int k = 0; k < 4; k++)
-            _mm512_storeu_si512(qs + 64 * k, q[k]);
-        _mm256_storeu_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)dh));
     }
 }
 

@@ -156,39 +156,29 @@ typedef struct QT_PACKED qt_block_q8_k {
 
 /* Q4_0 x16: the 16 Q4_0 blocks' bytes rearranged, 288 bytes: 256 of codes
  * (dword k = qs bytes 4k .. 4k + 3 of block j at 64 k + 4 j, k = 0..3) and
- * 16 fp16 scales. Even blocks of a row hold the codes first, odd ones the
- * scales first, so every code dword vector of a 64-byte-aligned row is
- * 64-byte aligned (qt_x16_qs, qt_x16_d find them). */
+ * 16 fp16 scales. Q8_0 x16 likewise, 544 bytes: 512 of codes (dword k =
+ * codes 4k .. 4k + 3, k = 0..7) and 16 fp16 scales. Even x16 blocks of a
+ * row hold the codes first, odd ones the scales first, so every code dword
+ * vector of a 64-byte-aligned row is 64-byte aligned (qt_x16_qs_at and
+ * qt_x16_d_at find them). */
 typedef struct QT_PACKED qt_block_q4_0x16 {
     uint8_t bytes[288];
 } qt_block_q4_0x16;
 
-static inline const uint8_t *qt_x16_qs(const qt_block_q4_0x16 *row, int64_t g)
-{
-    return row[g].bytes + (g % 2 ? 32 : 0);
-}
-
-static inline const uint8_t *qt_x16_d(const qt_block_q4_0x16 *row, int64_t g)
-{
-    return row[g].bytes + (g % 2 ? 0 : 256);
-}
-
-/* Q8_0 x16: 16 Q8_0 blocks rearranged, 544 bytes: 512 of codes (dword k =
- * codes 4k .. 4k + 3 of block j at 64 k + 4 j, k = 0..7) and 16 fp16
- * scales; even blocks of a row hold the codes first, odd ones the scales
- * first, as Q4_0 x16. */
 typedef struct QT_PACKED qt_block_q8_0x16 {
     uint8_t bytes[544];
 } qt_block_q8_0x16;
 
-static inline const uint8_t *qt_q8x16_qs(const qt_block_q8_0x16 *row, int64_t g)
+/* Byte offsets in a row of x16 blocks of `bytes` bytes each: block g's
+ * codes, and its 32 bytes of scales. */
+static inline size_t qt_x16_qs_at(int64_t g, size_t bytes)
 {
-    return row[g].bytes + (g % 2 ? 32 : 0);
+    return (size_t)g * bytes + (g % 2 ? 32 : 0);
 }
 
-static inline const uint8_t *qt_q8x16_d(const qt_block_q8_0x16 *row, int64_t g)
+static inline size_t qt_x16_d_at(int64_t g, size_t bytes)
 {
-    return row[g].bytes + (g % 2 ? 0 : 512);
+    return (size_t)g * bytes + (g % 2 ? 0 : bytes - 32);
 }
 
 /* A8 x16 (activations against Q4_0 x16): code dword k (k = 0..7, codes

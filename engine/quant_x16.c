@@ -46,28 +46,31 @@
  */
 #include "quant_impl.h"
 
-/* Block g of a Q4_0 x16 row from 16 Q4_0 blocks. */
-static void x16_put(qt_block_q4_0x16 *row, int64_t g, const qt_block_q4_0 *b)
+/* x16 block g (xbytes long) of a row from 16 legacy blocks of bbytes each,
+ * a 2-byte scale then `dwords` dwords of codes: Q4_0 (18, 4) or Q8_0 (34, 8). */
+static void x16_put(uint8_t *row, int64_t g, size_t xbytes, const uint8_t *b, size_t bbytes, int dwords)
 {
-    uint8_t *qs = (uint8_t *)qt_x16_qs(row, g), *d = (uint8_t *)qt_x16_d(row, g);
-    for (int j = 0; j < 16; j++) {
-        memcpy(d + 2 * j, &b[j].d, sizeof(uint16_t));
-        for (int k = 0; k < 4; k++)
-            memcpy(qs + 64 * k + 4 * j, &b[j].qs[4 * k], 4);
+    uint8_t *qs = row + qt_x16_qs_at(g, xbytes), *d = row + qt_x16_d_at(g, xbytes);
+    for (int j = 0; j < 16; j++, b += bbytes) {
+        memcpy(d + 2 * j, b, sizeof(uint16_t));
+        for (int k = 0; k < dwords; k++)
+            memcpy(qs + 64 * k + 4 * j, b + 2 + 4 * k, 4);
     }
 }
 
 void qt_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n)
 {
     for (int64_t g = 0; g < n / QT_QK_X16; g++)
-        x16_put(dst, g, (const qt_block_q4_0 *)src + 16 * g);
+        x16_put(dst, g, sizeof(qt_block_q4_0x16), (const uint8_t *)((const qt_block_q4_0 *)src + 16 * g),
+                sizeof(qt_block_q4_0), 4);
 }
 
 void qt_q4_0x16_to_float(const void *restrict src, float *restrict dst, int64_t n)
 {
     const qt_block_q4_0x16 *b = src;
     for (int64_t g = 0; g < n / QT_QK_X16; g++) {
-        const uint8_t *qs = qt_x16_qs(b, g), *dp = qt_x16_d(b, g);
+        const uint8_t *qs = (const uint8_t *)src + qt_x16_qs_at(g, sizeof *b);
+        const uint8_t *dp = (const uint8_t *)src + qt_x16_d_at(g, sizeof *b);
         for (int j = 0; j < 16; j++) {
             uint16_t h;
             memcpy(&h, dp + 2 * j, sizeof h);
@@ -87,7 +90,7 @@ void qt_q4_0x16_from_float(const float *restrict src, void *restrict dst, int64_
     qt_block_q4_0 tmp[16];
     for (int64_t g = 0; g < n / QT_QK_X16; g++) {
         qt_q4_0_from_float(src + g * QT_QK_X16, tmp, QT_QK_X16);
-        x16_put(dst, g, tmp);
+        x16_put(dst, g, sizeof(qt_block_q4_0x16), (const uint8_t *)tmp, sizeof(qt_block_q4_0), 4);
     }
 }
 
@@ -129,7 +132,8 @@ void qt_q4_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, co
     const qt_block_a8_x16 *b = y;
     float sum = 0.0f;
     for (int64_t g = 0; g < n / QT_QK_X16; g++) {
-        const uint8_t *qs = qt_x16_qs(a, g), *dp = qt_x16_d(a, g);
+        const uint8_t *qs = (const uint8_t *)x + qt_x16_qs_at(g, sizeof *a);
+        const uint8_t *dp = (const uint8_t *)x + qt_x16_d_at(g, sizeof *a);
         for (int j = 0; j < 16; j++) {
             int32_t sumi = 0;
             for (int e = 0; e < 16; e++) {
@@ -149,21 +153,11 @@ void qt_q4_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, co
 
 /* ---- Q8_0 x16 --------------------------------------------------------- */
 
-/* Block g of a Q8_0 x16 row from 16 Q8_0 blocks. */
-static void q8x16_put(qt_block_q8_0x16 *row, int64_t g, const qt_block_q8_0 *b)
-{
-    uint8_t *qs = (uint8_t *)qt_q8x16_qs(row, g), *d = (uint8_t *)qt_q8x16_d(row, g);
-    for (int j = 0; j < 16; j++) {
-        memcpy(d + 2 * j, &b[j].d, sizeof(uint16_t));
-        for (int k = 0; k < 8; k++)
-            memcpy(qs + 64 * k + 4 * j, &b[j].qs[4 * k], 4);
-    }
-}
-
 void qt_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n)
 {
     for (int64_t g = 0; g < n / QT_QK_X16; g++)
-        q8x16_put(dst, g, (const qt_block_q8_0 *)src + 16 * g);
+        x16_put(dst, g, sizeof(qt_block_q8_0x16), (const uint8_t *)((const qt_block_q8_0 *)src + 16 * g),
+                sizeof(qt_block_q8_0), 8);
 }
 
 void qt_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
@@ -171,7 +165,7 @@ void qt_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_
     qt_block_q8_0 tmp[16];
     for (int64_t g = 0; g < n / QT_QK_X16; g++) {
         qt_q8_0_from_float(src + g * QT_QK_X16, tmp, QT_QK_X16);
-        q8x16_put(dst, g, tmp);
+        x16_put(dst, g, sizeof(qt_block_q8_0x16), (const uint8_t *)tmp, sizeof(qt_block_q8_0), 8);
     }
 }
 
@@ -179,8 +173,8 @@ void qt_q8_0x16_to_float(const void *restrict src, float *restrict dst, int64_t 
 {
     const qt_block_q8_0x16 *b = src;
     for (int64_t g = 0; g < n / QT_QK_X16; g++) {
-        const int8_t *qs = (const int8_t *)qt_q8x16_qs(b, g);
-        const uint8_t *dp = qt_q8x16_d(b, g);
+        const int8_t *qs = (const int8_t *)src + qt_x16_qs_at(g, sizeof *b);
+        const uint8_t *dp = (const uint8_t *)src + qt_x16_d_at(g, sizeof *b);
         for (int j = 0; j < 16; j++) {
             uint16_t h;
             memcpy(&h, dp + 2 * j, sizeof h);
@@ -197,8 +191,8 @@ void qt_q8_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, co
     const qt_block_a8_x16 *b = y;
     float sum = 0.0f;
     for (int64_t g = 0; g < n / QT_QK_X16; g++) {
-        const int8_t *qs = (const int8_t *)qt_q8x16_qs(a, g);
-        const uint8_t *dp = qt_q8x16_d(a, g);
+        const int8_t *qs = (const int8_t *)x + qt_x16_qs_at(g, sizeof *a);
+        const uint8_t *dp = (const uint8_t *)x + qt_x16_d_at(g, sizeof *a);
         for (int j = 0; j < 16; j++) {
             int32_t sumi = 0;
             for (int e = 0; e < QT_QK; e++) {
