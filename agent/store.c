@@ -1889,8 +1889,8 @@ out:
 
 /* ---- outbox --------------------------------------------------------------- */
 
-int store_outbox_put(store *s, const char *topic, const void *payload, size_t payload_len,
-                     int64_t *id_out, char err[256])
+static int check_outbox_msg(const char *topic, const void *payload, size_t payload_len,
+                            char err[256])
 {
     int rc;
     if ((rc = check_cstr(err, "outbox topic", topic, STORE_TOPIC_MAX, false)))
@@ -1904,15 +1904,32 @@ int store_outbox_put(store *s, const char *topic, const void *payload, size_t pa
                  STORE_CONTENT_MAX);
         return STORE_EINVAL;
     }
+    return 0;
+}
+
+/* Parameters 1-3 of an outbox or inbox insert: topic, payload (an empty
+ * payload is still a BLOB, not NULL: a zero blob), time stored. */
+static int bind_msg(store *s, sqlite3_stmt *st, const char *topic, const void *payload, size_t payload_len)
+{
+    int rc;
+    if ((rc = sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = payload_len ? sqlite3_bind_blob(st, 2, payload, (int)payload_len, SQLITE_STATIC)
+                          : sqlite3_bind_zeroblob(st, 2, 0)) != SQLITE_OK)
+        return rc;
+    return sqlite3_bind_int64(st, 3, now_ms(s));
+}
+
+int store_outbox_put(store *s, const char *topic, const void *payload, size_t payload_len,
+                     int64_t *id_out, char err[256])
+{
+    int rc;
+    if ((rc = check_outbox_msg(topic, payload, payload_len, err)))
+        return rc;
     sqlite3_stmt *st = NULL;
     lock(s);
     if ((rc = stmt_get(s, ST_OUTBOX_PUT, &st, err)))
         goto out;
-    /* An empty payload must still be a BLOB, not NULL: bind a zero blob. */
-    if ((rc = sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = payload_len ? sqlite3_bind_blob(st, 2, payload, (int)payload_len, SQLITE_STATIC)
-                          : sqlite3_bind_zeroblob(st, 2, 0)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(st, 3, now_ms(s))) != SQLITE_OK) {
+    if ((rc = bind_msg(s, st, topic, payload, payload_len)) != SQLITE_OK) {
         rc = db_fail(s, err, stmts[ST_OUTBOX_PUT].name, rc);
         stmt_done(st);
         goto out;
@@ -2170,24 +2187,6 @@ static int outbox_insert(store *s, const char *topic, const void *payload, size_
     return 0;
 }
 
-static int check_outbox_msg(const char *topic, const void *payload, size_t payload_len,
-                            char err[256])
-{
-    int rc;
-    if ((rc = check_cstr(err, "outbox topic", topic, STORE_TOPIC_MAX, false)))
-        return rc;
-    if (!payload && payload_len) {
-        snprintf(err, 256, "store: outbox payload of %zu bytes is missing", payload_len);
-        return STORE_EINVAL;
-    }
-    if (payload_len > STORE_CONTENT_MAX) {
-        snprintf(err, 256, "store: outbox payload is %zu bytes, the limit is %u", payload_len,
-                 STORE_CONTENT_MAX);
-        return STORE_EINVAL;
-    }
-    return 0;
-}
-
 int store_outbox_put_kind(store *s, const char *topic, const void *payload, size_t payload_len,
                           store_outbox_kind kind, int64_t max_pending, int64_t *id_out,
                           store_outbox_drops *drops, char err[256])
@@ -2361,10 +2360,7 @@ int store_inbox_put(store *s, const char *topic, const void *payload, size_t pay
     lock(s);
     if ((rc = stmt_get(s, ST_INBOX_PUT, &st, err)))
         goto out;
-    if ((rc = sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = payload_len ? sqlite3_bind_blob(st, 2, payload, (int)payload_len, SQLITE_STATIC)
-                          : sqlite3_bind_zeroblob(st, 2, 0)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(st, 3, now_ms(s))) != SQLITE_OK ||
+    if ((rc = bind_msg(s, st, topic, payload, payload_len)) != SQLITE_OK ||
         (rc = sqlite3_bind_int64(st, 4, max_rows)) != SQLITE_OK) {
         rc = db_fail(s, err, stmts[ST_INBOX_PUT].name, rc);
         stmt_done(st);
