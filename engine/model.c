@@ -467,7 +467,7 @@ static int load_tensors(eng_model *m, char err[256])
 }
 
 /* Matrices whose rows the fastest kernels here want in another layout
- * (qt_repack_type: Q4_0 and Q8_0 on AVX-512 CPUs) are copied once into one
+ * (qt_repack_type: Q4_0, Q8_0 and Q4_K on AVX-512 CPUs) are copied once into one
  * anonymous mapping, row by row, and point there from then on; the
  * embedding table stays in place (rows of it are looked up as stored, and a
  * tied output head shares it). The mapped pages a matrix was copied from

@@ -54,6 +54,7 @@ static const qt_traits scalar_rows[QT_TYPE_COUNT] = {
     ROW(QT_Q4_0X16, "q4_0x16", QT_QK_X16, sizeof(qt_block_q4_0x16), true, QT_A8_X16, qt_q4_0x16_to_float, qt_q4_0x16_from_float, qt_q4_0x16_vec_dot),
     ROW(QT_Q8_0X16, "q8_0x16", QT_QK_X16, sizeof(qt_block_q8_0x16), true, QT_A8_X16, qt_q8_0x16_to_float, qt_q8_0x16_from_float, qt_q8_0x16_vec_dot),
     ROW(QT_A8_X16, "a8_x16", QT_QK_X16, sizeof(qt_block_a8_x16), true, QT_A8_X16, qt_a8_x16_to_float, qt_a8_x16_from_float, NULL),
+    ROW(QT_Q4_KX16, "q4_kx16", QT_QK_X16, sizeof(qt_block_q4_kx16), true, QT_A8_X16, qt_q4_kx16_to_float, qt_q4_kx16_from_float, qt_q4_kx16_vec_dot),
 };
 
 /* ggml ids with a name and a size but no kernels here (GGUF v3 type list). */
@@ -172,6 +173,7 @@ static const qt_override avx512_overrides[] = {
 static const qt_gemm_override avx512_gemms[] = {
     { QT_Q4_0X16, qt_avx512_q4_0x16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q8_0X16, qt_avx512_q8_0x16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
+    { QT_Q4_KX16, qt_avx512_q4_kx16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q4_0, qt_avx512_q4_0_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q8_0, qt_avx512_q8_0_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q4_K, qt_avx512_q4_k_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
@@ -459,7 +461,12 @@ qt_type qt_repack_type(qt_type t, int64_t ne0)
      * and beat the repacked kernels there. */
     if (best_impl != QT_IMPL_AVX512 || ne0 <= 0 || ne0 % QT_QK_X16 != 0 || env_on("OUTPOST_NO_REPACK"))
         return t;
-    return t == QT_Q4_0 ? QT_Q4_0X16 : t == QT_Q8_0 ? QT_Q8_0X16 : t;
+    switch (t) {
+    case QT_Q4_0: return QT_Q4_0X16;
+    case QT_Q8_0: return QT_Q8_0X16;
+    case QT_Q4_K: return QT_Q4_KX16;
+    default: return t;
+    }
 }
 
 void qt_repack_row(qt_type from, const void *restrict src, void *restrict dst, int64_t n)
@@ -483,6 +490,9 @@ void qt_repack_row(qt_type from, const void *restrict src, void *restrict dst, i
         }
 #endif
         qt_q8_0x16_from_q8_0(src, dst, n);
+        break;
+    case QT_Q4_K:
+        qt_q4_kx16_from_q4_k(src, dst, n);
         break;
     default:
         memcpy(dst, src, qt_row_bytes(from, n));

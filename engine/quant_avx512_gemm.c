@@ -2,7 +2,8 @@
  * quant_avx512_gemm.c - cache-blocked AVX-512 VNNI gemm tiles (qt_gemm_fn)
  * for prompt batches: Q4_0 and Q8_0 weights against Q8_0 activations, Q4_K
  * and Q6_K weights against Q8_K activations; and every kernel of the
- * interleaved Q4_0 x16 and Q8_0 x16 weights (quant_x16.c has the layout):
+ * interleaved Q4_0 x16, Q8_0 x16 and Q4_K x16 weights (quant_x16.c has
+ * the layouts):
  * their decode, their prompt tiles (the ones below, with the weights
  * unpacked through 16 x 16 transposes) and the A8 x16 activation quantizer.
  *
@@ -66,8 +67,12 @@
  * block is exact in int32 and is the accumulator's start value, from the
  * panel. Q4_K and Q6_K use Q8_K's bsums instead: the mins (Q4_K) and the
  * -32 offset (Q6_K) meet the bsums in vpdpwssd against per-row int16 pairs.
- * Every integer sum is exact; results match the scalar dot up to float
- * rounding order (the test's tolerance).
+ * Q4_K x16 goes through the same tiles as Q4_0 x16, its sub-blocks as the
+ * blocks: the weight scale is d * scale of the sub-block, there is no
+ * integer offset, and the mins cost one more FMA per block and token,
+ * dmin * min (per row, unpacked with the scales) times the token's scale
+ * times its code sum (from the panel). Every integer sum is exact; results
+ * match the scalar dot up to float rounding order (the test's tolerance).
  *
  * K-quants: a Q4_K super-block is 8 sub-blocks of 32 with 6-bit scales:
  * each sub-block's int32 dot (8 vpdpbusd) is multiplied by the rows' scale
@@ -111,9 +116,9 @@ static inline __mmask16 bg_row_mask(int r0, int nr)
 
 /* ---- Q4_0 and Q8_0 ----------------------------------------------------- */
 
-enum { BG_Q4_0, BG_Q8_0, BG_Q4_0X16, BG_Q8_0X16 };
+enum { BG_Q4_0, BG_Q8_0, BG_Q4_0X16, BG_Q8_0X16, BG_Q4_KX16 };
 
-static inline bool bg_is_x16(int kind) { return kind == BG_Q4_0X16 || kind == BG_Q8_0X16; }
+static inline bool bg_is_x16(int kind) { return kind == BG_Q4_0X16 || kind == BG_Q8_0X16 || kind == BG_Q4_KX16; }
 
 /* Bytes per 32-element block of a kind's weight rows (x16 blocks hold 16). */
 static inline size_t bg_block_bytes(int kind)
@@ -122,6 +127,7 @@ static inline size_t bg_block_bytes(int kind)
     case BG_Q4_0: return sizeof(qt_block_q4_0);
     case BG_Q8_0: return sizeof(qt_block_q8_0);
     case BG_Q4_0X16: return sizeof(qt_block_q4_0x16) / 16;
+    case BG_Q4_KX16: return sizeof(qt_block_q4_kx16) / 16;
     default: return sizeof(qt_block_q8_0x16) / 16;
     }
 }
@@ -129,12 +135,33 @@ static inline size_t bg_block_bytes(int kind)
 typedef struct bg_panel {
     float d[BG_KC][BG_COLS + 16];     /* token scales by block (room for a last group of 16) */
     int32_t off[BG_KC][BG_COLS + 16]; /* -(weight offset) * sum of the token's codes */
+    float ms[BG_KC][BG_COLS + 16];    /* Q4_K x16: token scale * sum of its codes, for the mins */
 } bg_panel;
 
 typedef struct bg_wpack {
     __m512i w[BG_KC][8];
     __m512 d[BG_KC];
+    __m512 m[BG_KC]; /* Q4_K x16: each row's dmin * min of the block */
 } bg_wpack;
+
+/* Q4_K x16's 32 bytes of scales (quant_impl.h) as two float vectors, lane j
+ * = sub-block j: d * scale_j and dmin * min_j of its super-block. The
+ * products are the ones Q4_K's reference forms (same rounding). */
+static inline __attribute__((always_inline)) void k16_scales(const uint8_t *sa, __m512 *ws, __m512 *wm)
+{
+    const __m128i m0f = _mm_set1_epi8(0x0f);
+    const __m128i x = _mm_loadu_si128((const __m128i *)(sa + 8)); /* scale | (min & 3) << 6 */
+    const __m128i q = _mm_loadl_epi64((const __m128i *)(sa + 24)); /* min >> 2, two per byte */
+    const __m128i mh = _mm_unpacklo_epi64(_mm_and_si128(q, m0f), _mm_and_si128(_mm_srli_epi16(q, 4), m0f));
+    const __m128i sc = _mm_and_si128(x, _mm_set1_epi8(63));
+    const __m128i m = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(x, 6), _mm_set1_epi8(3)), _mm_slli_epi16(mh, 2));
+    const __m512 dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)sa))); /* d0 d1 dmin0 dmin1 */
+    const __m512i half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512 d = _mm512_permutexvar_ps(half, dd);
+    const __m512 dmin = _mm512_permutexvar_ps(_mm512_add_epi32(half, _mm512_set1_epi32(2)), dd);
+    *ws = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)), d);
+    *wm = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(m)), dmin);
+}
 
 /* Token side of blocks kb .. kb + nkb for tokens 0 .. nt, eight tokens of
  * one block at a time: each token's 32 codes fold to 8 dword sums in one
@@ -233,8 +260,8 @@ static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack
                                                               size_t x_stride, int r0, int nr, int64_t kb,
                                                               int nkb)
 {
-    const bool q4 = kind == BG_Q4_0X16;
-    const size_t bbytes = q4 ? sizeof(qt_block_q4_0x16) : sizeof(qt_block_q8_0x16);
+    const bool q4 = kind != BG_Q8_0X16;
+    const size_t bbytes = 16 * bg_block_bytes(kind);
     const __m512i m4 = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
     const uint8_t *rows[16];
     for (int r = 0; r < 16; r++) /* rows past nr repeat the last; their lanes are not stored */
@@ -256,8 +283,21 @@ static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack
                 }
             }
         }
-        for (int r = 0; r < 16; r++)
-            v[r] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rows[r] + dof))));
+        if (kind == BG_Q4_KX16) {
+            __m512i u[16];
+            for (int r = 0; r < 16; r++) {
+                __m512 ws, wm;
+                k16_scales(rows[r] + dof, &ws, &wm);
+                v[r] = _mm512_castps_si512(ws);
+                u[r] = _mm512_castps_si512(wm);
+            }
+            bg_transpose16x16(u);
+            for (int j = 0; j < 16; j++)
+                wp->m[16 * g + j] = _mm512_castsi512_ps(u[j]);
+        } else {
+            for (int r = 0; r < 16; r++)
+                v[r] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rows[r] + dof))));
+        }
         bg_transpose16x16(v);
         for (int j = 0; j < 16; j++)
             wp->d[16 * g + j] = _mm512_castsi512_ps(v[j]);
@@ -268,10 +308,35 @@ static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack
  * block's scale as a float and its code sum already: 16 tokens' 16 blocks
  * at a time, turned from lane = block to lane = token by bg_transpose16x16
  * (the panel has room for a last group of 16; missing tokens repeat the
- * last, and are not read back). */
-static inline void bg_panel_fill_x16(bg_panel *p, const uint8_t *y, size_t y_stride, int nt, int64_t kb, int nkb,
-                                     int shift)
+ * last, and are not read back). Q4_K x16 has no integer offset (off = 0)
+ * but mins, which meet scale * sum (ms). */
+static inline void bg_panel_fill_x16(int kind, bg_panel *p, const uint8_t *y, size_t y_stride, int nt, int64_t kb,
+                                     int nkb)
 {
+    const int shift = kind == BG_Q4_0X16 ? 3 : 7;
+    if (kind == BG_Q4_KX16) {
+        for (int t0 = 0; t0 < nt; t0 += 16) {
+            const qt_block_a8_x16 *a[16];
+            for (int t = 0; t < 16; t++)
+                a[t] = (const qt_block_a8_x16 *)(y + (size_t)(t0 + t < nt ? t0 + t : nt - 1) * y_stride) + kb / 16;
+            for (int g = 0; g < nkb / 16; g++) {
+                __m512i d[16], ms[16];
+                for (int t = 0; t < 16; t++) {
+                    const __m512 dy = _mm512_loadu_ps(a[t][g].d);
+                    d[t] = _mm512_castps_si512(dy);
+                    ms[t] = _mm512_castps_si512(_mm512_mul_ps(dy, _mm512_cvtepi32_ps(_mm512_loadu_si512(a[t][g].sum))));
+                }
+                bg_transpose16x16(d);
+                bg_transpose16x16(ms);
+                for (int j = 0; j < 16; j++) {
+                    _mm512_storeu_si512(&p->d[16 * g + j][t0], d[j]);
+                    _mm512_storeu_si512(&p->ms[16 * g + j][t0], ms[j]);
+                    _mm512_storeu_si512(&p->off[16 * g + j][t0], _mm512_setzero_si512());
+                }
+            }
+        }
+        return;
+    }
     for (int t0 = 0; t0 < nt; t0 += 16) {
         const qt_block_a8_x16 *a[16];
         for (int t = 0; t < 16; t++)
@@ -372,6 +437,8 @@ static inline __attribute__((always_inline)) void bg_tile(int kind, int N, const
             i0 = _mm512_dpbusd_epi32(i0, w3, bg_bcast(q + 3 * kstep));
             __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), dw);
             acc[t] = _mm512_fmadd_ps(f, _mm512_set1_ps(p->d[b][t0 + t]), acc[t]);
+            if (kind == BG_Q4_KX16)
+                acc[t] = _mm512_fnmadd_ps(wp->m[b], _mm512_set1_ps(p->ms[b][t0 + t]), acc[t]);
         }
     }
     for (int t = 0; t < N; t++)
@@ -443,6 +510,11 @@ static inline __attribute__((always_inline)) void bg_tile2(int kind, int N, cons
             const __m512 dy = _mm512_set1_ps(p->d[b][t0 + t]);
             acca[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia), da), dy, acca[t]);
             accb[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ib), db), dy, accb[t]);
+            if (kind == BG_Q4_KX16) {
+                const __m512 ms = _mm512_set1_ps(p->ms[b][t0 + t]);
+                acca[t] = _mm512_fnmadd_ps(wa->m[b], ms, acca[t]);
+                accb[t] = _mm512_fnmadd_ps(wb->m[b], ms, accb[t]);
+            }
         }
     }
     for (int t = 0; t < N; t++) {
@@ -505,7 +577,7 @@ static inline __attribute__((always_inline)) void bg_gemm(int kind, int64_t n, f
     for (int64_t kb = 0; kb < nb; kb += BG_KC) {
         const int nkb = nb - kb < BG_KC ? (int)(nb - kb) : BG_KC;
         if (bg_is_x16(kind))
-            bg_panel_fill_x16(&panel, y, y_stride, nt, kb, nkb, kind == BG_Q4_0X16 ? 3 : 7);
+            bg_panel_fill_x16(kind, &panel, y, y_stride, nt, kb, nkb);
         else
             bg_panel_fill(&panel, y, y_stride, nt, kb, nkb, kind == BG_Q4_0 ? 3 : 7);
         int r0 = 0;
@@ -589,8 +661,7 @@ void qt_avx512_q8_0_gemm_blocked(int64_t n, float *restrict s, size_t ld_s, cons
  * exactly (it is a multiple of 16). */
 #define X16_PREFETCH_BYTES 4096
 
-static inline __attribute__((always_inline)) __m512 x16_dot(__m512 acc, const uint8_t *qs, const uint8_t *d,
-                                                            const qt_block_a8_x16 *a)
+static inline __attribute__((always_inline)) __m512i x16_q4_idot(const uint8_t *qs, const qt_block_a8_x16 *a)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f), m4h = _mm512_set1_epi8((char)0xf0);
     const __m512i w0 = _mm512_loadu_si512(qs), w1 = _mm512_loadu_si512(qs + 64);
@@ -604,12 +675,30 @@ static inline __attribute__((always_inline)) __m512 x16_dot(__m512 acc, const ui
     h0 = _mm512_dpbusd_epi32(h0, _mm512_and_si512(w2, m4h), _mm512_loadu_si512(a->qs + 384));
     l1 = _mm512_dpbusd_epi32(l1, _mm512_and_si512(w3, m4), _mm512_loadu_si512(a->qs + 192));
     h1 = _mm512_dpbusd_epi32(h1, _mm512_and_si512(w3, m4h), _mm512_loadu_si512(a->qs + 448));
-    /* the -8 offset of the weights (off the chains: it needs no dot) */
-    __m512i off = _mm512_slli_epi32(_mm512_loadu_si512(a->sum), 3);
-    __m512i i = _mm512_add_epi32(_mm512_sub_epi32(l0, off), l1);
-    i = _mm512_add_epi32(i, _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+    return _mm512_add_epi32(_mm512_add_epi32(l0, l1), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+}
+
+/* Per lane (block): the integer dot of unsigned codes 0..15 with the
+ * activations, then Q4_0's -8 offset (off the chains: it needs no dot). */
+static inline __attribute__((always_inline)) __m512 x16_dot(__m512 acc, const uint8_t *qs, const uint8_t *d,
+                                                            const qt_block_a8_x16 *a)
+{
+    const __m512i i = _mm512_sub_epi32(x16_q4_idot(qs, a), _mm512_slli_epi32(_mm512_loadu_si512(a->sum), 3));
     __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)d));
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, _mm512_loadu_ps(a->d)), acc);
+}
+
+/* Q4_K x16: the same integer dot per sub-block, then dy * (d scale * dot -
+ * dmin min * sum(y)). */
+static inline __attribute__((always_inline)) __m512 k16_dot(__m512 acc, const uint8_t *qs, const uint8_t *sa,
+                                                            const qt_block_a8_x16 *a)
+{
+    const __m512i i = x16_q4_idot(qs, a);
+    __m512 ws, wm;
+    k16_scales(sa, &ws, &wm);
+    __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(i), ws);
+    t = _mm512_fnmadd_ps(wm, _mm512_cvtepi32_ps(_mm512_loadu_si512(a->sum)), t);
+    return _mm512_fmadd_ps(t, _mm512_loadu_ps(a->d), acc);
 }
 
 static inline __attribute__((always_inline)) void x16_prefetch(const void *p, int lines)
@@ -649,7 +738,7 @@ static inline __attribute__((always_inline)) void x16_gemv(int kind, int64_t n, 
                                                            const uint8_t *restrict x, size_t x_stride, int nr,
                                                            const uint8_t *restrict y)
 {
-    const size_t bytes = kind == BG_Q4_0X16 ? sizeof(qt_block_q4_0x16) : sizeof(qt_block_q8_0x16);
+    const size_t bytes = 16 * bg_block_bytes(kind);
     const int lines = (int)((2 * bytes + 63) / 64);
     const int64_t ng = n / QT_QK_X16;
     const qt_block_a8_x16 *a = (const qt_block_a8_x16 *)y;
@@ -663,12 +752,16 @@ static inline __attribute__((always_inline)) void x16_gemv(int kind, int64_t n, 
             const uint8_t *qs0 = p, *d0 = p + bytes - 32;
             if (kind == BG_Q4_0X16)
                 acc0 = x16_dot(acc0, qs0, d0, &a[g]);
+            else if (kind == BG_Q4_KX16)
+                acc0 = k16_dot(acc0, qs0, d0, &a[g]);
             else
                 acc0 = q8x16_dot(acc0, qs0, d0, &a[g]);
             if (g + 1 < ng) {
                 const uint8_t *qs1 = p + bytes + 32, *d1 = p + bytes;
                 if (kind == BG_Q4_0X16)
                     acc1 = x16_dot(acc1, qs1, d1, &a[g + 1]);
+                else if (kind == BG_Q4_KX16)
+                    acc1 = k16_dot(acc1, qs1, d1, &a[g + 1]);
                 else
                     acc1 = q8x16_dot(acc1, qs1, d1, &a[g + 1]);
             }
@@ -701,6 +794,12 @@ void qt_avx512_q8_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const voi
                             size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
 {
     x16_gemm(BG_Q8_0X16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}
+
+void qt_avx512_q4_kx16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                            size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
+{
+    x16_gemm(BG_Q4_KX16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
 }
 
 /* qt_q4_0x16_from_q4_0 and qt_q8_0x16_from_q8_0 with the transposes of

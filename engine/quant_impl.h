@@ -120,6 +120,19 @@ typedef struct QT_PACKED qt_block_q4_k {
     uint8_t qs[QT_QK_K / 2];
 } qt_block_q4_k;
 
+/* Scale and min of sub-block j (0..7) from the 12-byte packing Q4_K and
+ * Q5_K share. */
+static inline void qt_k4_scale_min(const uint8_t s[12], int j, int *sc, int *m)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xf) | (s[j - 4] >> 6) << 4;
+        *m = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+    }
+}
+
 /* ggml block_q5_K: Q4_K plus a fifth bit per code: bit e / 32 of
  * qh[e % 32]. */
 typedef struct QT_PACKED qt_block_q5_k {
@@ -169,6 +182,16 @@ typedef struct QT_PACKED qt_block_q8_0x16 {
     uint8_t bytes[544];
 } qt_block_q8_0x16;
 
+/* Q4_K x16: two Q4_K super-blocks' bytes rearranged, 288 bytes: their 16
+ * sub-blocks of 32 as 16 blocks laid out like Q4_0 x16's (code byte e of a
+ * sub-block holds codes e and e + 16), and 32 bytes of scales: fp16 d0, d1,
+ * dmin0, dmin1 (bytes 0..7), then byte 8 + j = scale_j | (min_j & 3) << 6,
+ * and byte 24 + i = min_i >> 2 | (min_(i + 8) >> 2) << 4 (i = 0..7), for
+ * sub-blocks j = 0..15 (0..7 of the first super-block). quant_x16.c. */
+typedef struct QT_PACKED qt_block_q4_kx16 {
+    uint8_t bytes[288];
+} qt_block_q4_kx16;
+
 /* Byte offsets in a row of x16 blocks of `bytes` bytes each: block g's
  * codes, and its 32 bytes of scales. */
 static inline size_t qt_x16_qs_at(int64_t g, size_t bytes)
@@ -197,6 +220,7 @@ _Static_assert(sizeof(qt_block_q4_0) == 18, "Q4_0 block is 18 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q4_0x16) == 16 * sizeof(qt_block_q4_0), "Q4_0 x16 is 16 Q4_0 blocks rearranged");
 _Static_assert(sizeof(qt_block_a8_x16) == 640, "A8 x16 is 640 bytes");
 _Static_assert(sizeof(qt_block_q8_0x16) == 16 * sizeof(qt_block_q8_0), "Q8_0 x16 is 16 Q8_0 blocks rearranged");
+_Static_assert(sizeof(qt_block_q4_kx16) == 2 * 144, "Q4_K x16 is two Q4_K super-blocks rearranged");
 _Static_assert(sizeof(qt_block_q4_1) == 20, "Q4_1 block is 20 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q5_0) == 22, "Q5_0 block is 22 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q5_1) == 24, "Q5_1 block is 24 bytes in GGUF");
@@ -318,6 +342,10 @@ void qt_q8_0x16_to_float(const void *restrict src, float *restrict dst, int64_t 
 void qt_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n);
 void qt_q8_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void qt_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n);
+void qt_q4_kx16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q4_kx16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q4_kx16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q4_kx16_from_q4_k(const void *restrict src, void *restrict dst, int64_t n);
 void qt_a8_x16_to_float(const void *restrict src, float *restrict dst, int64_t n);
 void qt_a8_x16_from_float(const float *restrict src, void *restrict dst, int64_t n);
 
@@ -429,6 +457,8 @@ void qt_avx512_q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict x
 void qt_avx512_q8_k_from_float(const float *restrict src, void *restrict dst, int64_t n);
 void qt_avx512_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n);
 void qt_avx512_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n);
+void qt_avx512_q4_kx16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
+                            int nr, const void *restrict y, size_t y_stride, int nt);
 void qt_avx512_q8_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
                             int nr, const void *restrict y, size_t y_stride, int nt);
 void qt_avx512_a8_x16_from_float(const float *restrict src, void *restrict dst, int64_t n);

@@ -79,18 +79,6 @@ static inline int q3_k_scale(const uint8_t s[12], int j)
     return (low | high << 4) - 32;
 }
 
-/* Q4_K and Q5_K share the 12-byte packing of eight 6-bit scales and mins. */
-static inline void k4_scale_min(const uint8_t s[12], int j, int *sc, int *m)
-{
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *m = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0xf) | (s[j - 4] >> 6) << 4;
-        *m = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
-    }
-}
-
 static inline int q4_k_code(const qt_block_q4_k *b, int e)
 {
     uint8_t byte = b->qs[32 * (e / 64) + e % 32];
@@ -512,7 +500,7 @@ static void quantize_k4_block(const float *x, int nmax, float rmin, int nstep, u
     *dmin_out = qt_fp16_encode(max_min / 63.0f);
     for (int j = 0; j < 8; j++) {
         int sc, m;
-        k4_scale_min(scales_out, j, &sc, &m);
+        qt_k4_scale_min(scales_out, j, &sc, &m);
         float d = qt_fp16_decode(*d_out) * (float)sc;
         if (d == 0)
             continue;
@@ -531,7 +519,7 @@ void qt_q4_k_to_float(const void *restrict src, float *restrict dst, int64_t n)
         float *out = dst + i * QT_QK_K;
         for (int j = 0; j < 8; j++) {
             int sc, m;
-            k4_scale_min(b[i].scales, j, &sc, &m);
+            qt_k4_scale_min(b[i].scales, j, &sc, &m);
             float dl = d * (float)sc, ml = dmin * (float)m;
             for (int e = 32 * j; e < 32 * j + 32; e++)
                 out[e] = dl * (float)q4_k_code(&b[i], e) - ml;
@@ -567,7 +555,7 @@ void qt_q4_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const
         int isum = 0, msum = 0;
         for (int j = 0; j < 8; j++) {
             int sc, m, dot = 0;
-            k4_scale_min(a[i].scales, j, &sc, &m);
+            qt_k4_scale_min(a[i].scales, j, &sc, &m);
             for (int e = 32 * j; e < 32 * j + 32; e++)
                 dot += q4_k_code(&a[i], e) * b[i].qs[e];
             isum += sc * dot;
@@ -589,7 +577,7 @@ void qt_q5_k_to_float(const void *restrict src, float *restrict dst, int64_t n)
         float *out = dst + i * QT_QK_K;
         for (int j = 0; j < 8; j++) {
             int sc, m;
-            k4_scale_min(b[i].scales, j, &sc, &m);
+            qt_k4_scale_min(b[i].scales, j, &sc, &m);
             float dl = d * (float)sc, ml = dmin * (float)m;
             for (int e = 32 * j; e < 32 * j + 32; e++)
                 out[e] = dl * (float)q5_k_code(&b[i], e) - ml;
@@ -628,7 +616,7 @@ void qt_q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict x, const
         int isum = 0, msum = 0;
         for (int j = 0; j < 8; j++) {
             int sc, m, dot = 0;
-            k4_scale_min(a[i].scales, j, &sc, &m);
+            qt_k4_scale_min(a[i].scales, j, &sc, &m);
             for (int e = 32 * j; e < 32 * j + 32; e++)
                 dot += q5_k_code(&a[i], e) * b[i].qs[e];
             isum += sc * dot;

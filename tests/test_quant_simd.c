@@ -199,6 +199,12 @@ static void fill_random_blocks(qt_type t, unsigned char *q, int64_t n, uint64_t 
                      qt_fp32_to_fp16((float)(rng_unit(&s) * 2.0 - 1.0) * 0.01f));
             continue;
         }
+        if (t == QT_Q4_KX16) { /* d0, d1, dmin0, dmin1 lead the 32 bytes of scales; the rest are any bytes */
+            for (int j = 0; j < 4; j++)
+                wr16(blk + (b % 2 ? 0 : r->block_bytes - 32) + 2 * j,
+                     qt_fp32_to_fp16((float)(rng_unit(&s) * 2.0 - 1.0) * 0.01f));
+            continue;
+        }
         wr16(blk + d_off, qt_fp32_to_fp16((float)(rng_unit(&s) * 2.0 - 1.0) * 0.01f));
         if (min_off >= 0)
             wr16(blk + min_off,
@@ -226,6 +232,14 @@ static double dot_magnitude(qt_type t, const unsigned char *xq, const unsigned c
     double m = 0.0;
     for (int64_t i = 0; i < n; i++)
         m += fabs((double)xd[i] * yd[i]);
+    if (t == QT_Q4_KX16) { /* the K-quant min term, dmin from the x16 block's scales */
+        for (int64_t b = 0; b < n / 512; b++) {
+            const unsigned char *sa = xq + (size_t)b * r->block_bytes + (b % 2 ? 0 : r->block_bytes - 32);
+            for (int64_t i = 512 * b; i < 512 * (b + 1); i++)
+                m += 2.0 * 63.0 * fabs(rdh(sa + 4 + 2 * ((i % 512) / 256))) * fabs(yd[i]);
+        }
+        return m;
+    }
     if (min_off < 0 || !r->is_quantized)
         return m;
     for (int64_t b = 0; b < n / (int64_t)r->block_elems; b++) {
