@@ -536,27 +536,38 @@ typedef struct bg_next {
     uintptr_t base;
     size_t stride, bytes;
     int rows;
+    /* the cursor: the next line to prefetch is line `line` of row `row` */
+    int row;
+    size_t line;
 } bg_next;
 
-/* always_inline: GCC deems a function of nothing but prefetches free of
- * effects and drops the calls (seen at -O1 and above). */
-static inline __attribute__((always_inline)) void bg_prefetch_part(const bg_next *nx, int part, int parts)
+/* Prefetch the next `count` lines of nx and move its cursor past them (no
+ * divisions: a first version indexed lines as i / lines, i % lines and
+ * spent more on the divides than the prefetches saved). always_inline: GCC
+ * deems a function of nothing but prefetches free of effects and drops the
+ * calls (seen at -O1 and above). */
+static inline __attribute__((always_inline)) void bg_prefetch_some(bg_next *nx, int count)
 {
-    const size_t lines = (nx->bytes + 63) / 64, total = lines * (size_t)nx->rows;
-    const size_t lo = total * (size_t)part / (size_t)parts, hi = total * (size_t)(part + 1) / (size_t)parts;
-    for (size_t i = lo; i < hi; i++)
-        _mm_prefetch((const char *)(nx->base + (i / lines) * nx->stride + (i % lines) * 64), _MM_HINT_T1);
+    for (; count > 0 && nx->row < nx->rows; count--) {
+        _mm_prefetch((const char *)(nx->base + (size_t)nx->row * nx->stride + 64 * nx->line), _MM_HINT_T1);
+        if (++nx->line * 64 >= nx->bytes) {
+            nx->line = 0;
+            nx->row++;
+        }
+    }
 }
 
 static inline __attribute__((always_inline)) void bg_tokens2(int kind, const bg_wpack *wa, const bg_wpack *wb,
                                                              const bg_panel *p, int nkb, int nt, const uint8_t *y,
                                                              size_t y_stride, int64_t kb, float *s, size_t ld_s,
-                                                             __mmask16 mb, int first, const bg_next *nx)
+                                                             __mmask16 mb, int first, bg_next *nx)
 {
     int t0 = 0;
-    const int parts = nt / BG_NT2 > 0 ? nt / BG_NT2 : 1;
+    /* the lines spread over the tiles, a few more per tile than even */
+    const int tiles = nt / BG_NT2 > 0 ? nt / BG_NT2 : 1;
+    const int per_tile = (int)(((nx->bytes + 63) / 64 * (size_t)nx->rows) / (size_t)tiles) + 2;
     for (; t0 + BG_NT2 <= nt; t0 += BG_NT2) {
-        bg_prefetch_part(nx, t0 / BG_NT2, parts);
+        bg_prefetch_some(nx, per_tile);
         bg_tile2(kind, BG_NT2, wa, wb, p, nkb, t0, y, y_stride, kb, s, ld_s, mb, first);
     }
     switch (nt - t0) {
@@ -591,13 +602,13 @@ static inline __attribute__((always_inline)) void bg_gemm(int kind, int64_t n, f
             bg_next nx;
             if (r0 + 32 < nr)
                 nx = (bg_next){ xa + (size_t)(r0 + 32) * x_stride + (size_t)kb * bbytes, x_stride,
-                                (size_t)nkb * bbytes, nr - (r0 + 32) < 32 ? nr - (r0 + 32) : 32 };
+                                (size_t)nkb * bbytes, nr - (r0 + 32) < 32 ? nr - (r0 + 32) : 32, 0, 0 };
             else if (nkb_next > 0)
                 nx = (bg_next){ xa + (size_t)(kb + BG_KC) * bbytes, x_stride, (size_t)nkb_next * bbytes,
-                                nr < 32 ? nr : 32 };
+                                nr < 32 ? nr : 32, 0, 0 };
             else /* the rows after this call's */
                 nx = (bg_next){ xa + (size_t)nr * x_stride, x_stride, (size_t)(nb < BG_KC ? nb : BG_KC) * bbytes,
-                                32 };
+                                32, 0, 0 };
             bg_tokens2(kind, &wp, &wp2, &panel, nkb, nt, y, y_stride, kb, s + r0, ld_s, bg_row_mask(r0 + 16, nr),
                        kb == 0, &nx);
         }
