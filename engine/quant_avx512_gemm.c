@@ -313,46 +313,27 @@ static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack
 static inline void bg_panel_fill_x16(int kind, bg_panel *p, const uint8_t *y, size_t y_stride, int nt, int64_t kb,
                                      int nkb)
 {
-    const int shift = kind == BG_Q4_0X16 ? 3 : 7;
-    if (kind == BG_Q4_KX16) {
-        for (int t0 = 0; t0 < nt; t0 += 16) {
-            const qt_block_a8_x16 *a[16];
-            for (int t = 0; t < 16; t++)
-                a[t] = (const qt_block_a8_x16 *)(y + (size_t)(t0 + t < nt ? t0 + t : nt - 1) * y_stride) + kb / 16;
-            for (int g = 0; g < nkb / 16; g++) {
-                __m512i d[16], ms[16];
-                for (int t = 0; t < 16; t++) {
-                    const __m512 dy = _mm512_loadu_ps(a[t][g].d);
-                    d[t] = _mm512_castps_si512(dy);
-                    ms[t] = _mm512_castps_si512(_mm512_mul_ps(dy, _mm512_cvtepi32_ps(_mm512_loadu_si512(a[t][g].sum))));
-                }
-                bg_transpose16x16(d);
-                bg_transpose16x16(ms);
-                for (int j = 0; j < 16; j++) {
-                    _mm512_storeu_si512(&p->d[16 * g + j][t0], d[j]);
-                    _mm512_storeu_si512(&p->ms[16 * g + j][t0], ms[j]);
-                    _mm512_storeu_si512(&p->off[16 * g + j][t0], _mm512_setzero_si512());
-                }
-            }
-        }
-        return;
-    }
+    const bool k16 = kind == BG_Q4_KX16;
+    const __m128i shift = _mm_cvtsi32_si128(kind == BG_Q4_0X16 ? 3 : 7);
     for (int t0 = 0; t0 < nt; t0 += 16) {
         const qt_block_a8_x16 *a[16];
         for (int t = 0; t < 16; t++)
             a[t] = (const qt_block_a8_x16 *)(y + (size_t)(t0 + t < nt ? t0 + t : nt - 1) * y_stride) + kb / 16;
         for (int g = 0; g < nkb / 16; g++) {
-            __m512i d[16], off[16];
+            __m512i d[16], e[16]; /* e: the offsets, or Q4_K x16's ms */
             for (int t = 0; t < 16; t++) {
+                const __m512i sum = _mm512_loadu_si512(a[t][g].sum);
                 d[t] = _mm512_loadu_si512(a[t][g].d);
-                off[t] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                          _mm512_sll_epi32(_mm512_loadu_si512(a[t][g].sum), _mm_cvtsi32_si128(shift)));
+                e[t] = k16 ? _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(d[t]), _mm512_cvtepi32_ps(sum)))
+                           : _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_sll_epi32(sum, shift));
             }
             bg_transpose16x16(d);
-            bg_transpose16x16(off);
+            bg_transpose16x16(e);
             for (int j = 0; j < 16; j++) {
                 _mm512_storeu_si512(&p->d[16 * g + j][t0], d[j]);
-                _mm512_storeu_si512(&p->off[16 * g + j][t0], off[j]);
+                _mm512_storeu_si512(&p->off[16 * g + j][t0], k16 ? _mm512_setzero_si512() : e[j]);
+                if (k16)
+                    _mm512_storeu_si512(&p->ms[16 * g + j][t0], e[j]);
             }
         }
     }
