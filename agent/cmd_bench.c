@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -149,8 +150,16 @@ static int membw_init(membw *mb, size_t bytes)
 {
     memset(mb, 0, sizeof *mb);
     mb->n_words = bytes / sizeof(uint64_t) / 16 * 16;
-    if (posix_memalign((void **)&mb->buf, 4096, mb->n_words * sizeof(uint64_t)) != 0)
+    /* 2 MiB aligned and asking for transparent huge pages, as the engine
+     * asks for its repacked weights: the reference reads with the same page
+     * size as the weights it is compared with (huge pages read ~4% faster
+     * here, measured), not a slower one */
+    const size_t huge = (size_t)2 << 20;
+    if (posix_memalign((void **)&mb->buf, huge, mb->n_words * sizeof(uint64_t)) != 0)
         return -1;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(mb->buf, mb->n_words * sizeof(uint64_t) / huge * huge, MADV_HUGEPAGE);
+#endif
     for (size_t i = 0; i < mb->n_words; i++) /* touch every page: no faults in the timing */
         mb->buf[i] = i;
     mb->pass_words = mb->n_words;
