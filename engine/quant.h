@@ -49,8 +49,8 @@ typedef enum qt_type {
     QT_FILE_TYPE_COUNT = 40, /* ids a GGUF file may name are below this */
     /* In-memory layouts of our own, never read from or written to a file
      * (quant_x16.c): Q4_0, Q8_0 and Q4_K weights with 16 blocks (Q4_K:
-     * sub-blocks) interleaved, as
-     * model.c repacks them for the AVX-512 kernels, and their activations. */
+     * sub-blocks) interleaved, as model.c repacks them for the AVX-512
+     * kernels, and their activations. */
     QT_Q4_0X16 = 40,
     QT_A8_X16 = 41,
     QT_Q8_0X16 = 42,
