@@ -32,8 +32,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -484,43 +482,35 @@ static int load_tensors(eng_model *m, char err[256])
  * rows with a prefetch 4 KiB ahead (Q4_K x16 decode ~4% faster on a
  * two-thread stream, 128-token prompts 5-10% faster, measured) and fewer
  * faults while populating (Q4_0 load 0.8 s -> 0.3-0.5 s). */
-#define REPACK_MAX_THREADS 8
-
-typedef struct repack_job {
+/* One matrix's rows into dst (stride bytes apart), split across a pool's
+ * threads by row. */
+typedef struct repack_task {
     const eng_w *w;
-    qt_type to;
     uint8_t *dst;
     size_t stride;
-    int64_t r0, r1;
-} repack_job;
+} repack_task;
 
-static void *repack_rows(void *arg)
+static void repack_share(void *arg, int ith, int nth)
 {
-    const repack_job *j = arg;
-    for (int64_t r = j->r0; r < j->r1; r++)
-        qt_repack_row(j->w->type, j->w->data + (size_t)r * j->w->row_bytes, j->dst + (size_t)r * j->stride,
-                      j->w->ne0);
-    return NULL;
+    const repack_task *t = arg;
+    long r0, r1;
+    pool_range((long)t->w->ne1, ith, nth, &r0, &r1);
+    for (long r = r0; r < r1; r++)
+        qt_repack_row(t->w->type, t->w->data + (size_t)r * t->w->row_bytes, t->dst + (size_t)r * t->stride,
+                      t->w->ne0);
 }
 
-/* Rows of w into dst (stride bytes apart) on up to nth threads; the caller
- * does the first share, and any thread that fails to start is done here. */
-static void repack_matrix(const eng_w *w, qt_type to, uint8_t *dst, size_t stride, int nth)
+/* The layout w is copied into (its own type: not copied), and the bytes
+ * between its copied rows: rows start on 64 bytes, as the kernels' aligned
+ * loads want. */
+static qt_type repack_target(const eng_model *m, const eng_w *w)
 {
-    repack_job jobs[REPACK_MAX_THREADS];
-    pthread_t tid[REPACK_MAX_THREADS];
-    bool started[REPACK_MAX_THREADS] = {false};
-    for (int i = 0; i < nth; i++)
-        jobs[i] = (repack_job){w, to, dst, stride, w->ne1 * i / nth, w->ne1 * (i + 1) / nth};
-    for (int i = 1; i < nth; i++)
-        started[i] = pthread_create(&tid[i], NULL, repack_rows, &jobs[i]) == 0;
-    repack_rows(&jobs[0]);
-    for (int i = 1; i < nth; i++) {
-        if (started[i])
-            pthread_join(tid[i], NULL);
-        else
-            repack_rows(&jobs[i]);
-    }
+    return w == &m->tok_embd ? w->type : qt_repack_type(w->type, w->ne0);
+}
+
+static size_t repack_stride(const eng_w *w)
+{
+    return (w->row_bytes + 63) / 64 * 64;
 }
 
 static int repack_weights(eng_model *m, char err[256])
@@ -528,13 +518,14 @@ static int repack_weights(eng_model *m, char err[256])
     size_t total = 0;
     for (int32_t i = 0; i < m->n_weights; i++) {
         const eng_w *w = m->weights[i];
-        if (w != &m->tok_embd && qt_repack_type(w->type, w->ne0) != w->type)
-            total += (w->row_bytes + 63) / 64 * 64 * (size_t)w->ne1;
+        if (repack_target(m, w) != w->type)
+            total += repack_stride(w) * (size_t)w->ne1;
     }
     if (total == 0)
         return ENG_OK;
     /* on 2 MiB boundaries, asking for transparent huge pages, then
-     * populated in one call (the older MAP_POPULATE where that is missing) */
+     * populated in one call (where the kernel lacks MADV_POPULATE_WRITE, the
+     * copies' first writes fault the pages in) */
     const size_t huge = (size_t)2 << 20;
     void *raw = mmap(NULL, total + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) {
@@ -549,23 +540,31 @@ static int repack_weights(eng_model *m, char err[256])
 #endif
 #ifdef MADV_POPULATE_WRITE
     if (madvise(buf, total, MADV_POPULATE_WRITE) != 0 && errno != EINVAL) {
-        snprintf(err, 256, "%s: out of memory for %zu bytes of repacked weights", gguf_path(m->g), total);
+        snprintf(err, 256, "%s: cannot populate %zu bytes of repacked weights: %s", gguf_path(m->g), total,
+                 strerror(errno));
         return ENG_ENOMEM; /* eng_model_close unmaps it */
     }
 #endif
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    const int nth = cores < 1 ? 1 : cores > REPACK_MAX_THREADS ? REPACK_MAX_THREADS : (int)cores;
+    /* one thread per online core; without a pool (no threads to be had)
+     * the copies run on this thread alone */
+    pool *workers = NULL;
+    char perr[256];
+    if (pool_new(&workers, 0, perr) != 0)
+        workers = NULL;
     uint8_t *dst = buf;
     for (int32_t i = 0; i < m->n_weights; i++) {
         eng_w *w = m->weights[i];
-        const qt_type to = w == &m->tok_embd ? w->type : qt_repack_type(w->type, w->ne0);
+        const qt_type to = repack_target(m, w);
         if (to == w->type)
             continue;
-        /* rows start on 64 bytes, as the kernels' aligned loads want */
-        const size_t bytes = w->row_bytes * (size_t)w->ne1, stride = (w->row_bytes + 63) / 64 * 64;
+        const size_t bytes = w->row_bytes * (size_t)w->ne1, stride = repack_stride(w);
         assert(qt_row_bytes(to, w->ne0) == w->row_bytes);
-        repack_matrix(w, to, dst, stride, nth);
+        repack_task task = {w, dst, stride};
+        if (workers)
+            pool_run(workers, repack_share, &task);
+        else
+            repack_share(&task, 0, 1);
         if (gguf_is_mapped(m->g)) {
             uintptr_t lo = ((uintptr_t)w->data + page - 1) / page * page;
             uintptr_t hi = ((uintptr_t)w->data + bytes) / page * page;
@@ -577,6 +576,8 @@ static int repack_weights(eng_model *m, char err[256])
         w->row_bytes = stride;
         dst += stride * (size_t)w->ne1;
     }
+    if (workers)
+        pool_free(workers);
     m->repacked_bytes += total;
     return ENG_OK;
 }
