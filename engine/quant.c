@@ -454,50 +454,58 @@ const qt_traits *qt_get(qt_type t)
     return qt_get_impl(t, QT_IMPL_BEST);
 }
 
+/* The in-memory layouts weights are repacked into (quant_x16.c), one row
+ * each: what from becomes, and the row conversions, portable and (where
+ * built) AVX-512. */
+typedef void (*qt_repack_fn)(const void *restrict src, void *restrict dst, int64_t n);
+#ifdef OUTPOST_HAVE_AVX512
+#define AVX512_REPACK(f) f
+#else
+#define AVX512_REPACK(f) NULL
+#endif
+static const struct {
+    qt_type from, to;
+    qt_repack_fn scalar, avx512;
+} repacks[] = {
+    { QT_Q4_0, QT_Q4_0X16, qt_q4_0x16_from_q4_0, AVX512_REPACK(qt_avx512_q4_0x16_from_q4_0) },
+    { QT_Q8_0, QT_Q8_0X16, qt_q8_0x16_from_q8_0, AVX512_REPACK(qt_avx512_q8_0x16_from_q8_0) },
+    { QT_Q4_K, QT_Q4_KX16, qt_q4_kx16_from_q4_k, NULL },
+};
+
+static int repack_index(qt_type t)
+{
+    for (size_t i = 0; i < COUNT_OF(repacks); i++)
+        if (repacks[i].from == t)
+            return (int)i;
+    return -1;
+}
+
 qt_type qt_repack_type(qt_type t, int64_t ne0)
 {
     pthread_once(&probe_once, probe);
     /* AVX-512 without AMX: AMX's prompt tiles read Q4_0 and Q8_0 as stored
      * and beat the repacked kernels there. */
-    if (best_impl != QT_IMPL_AVX512 || ne0 <= 0 || ne0 % QT_QK_X16 != 0 || env_on("OUTPOST_NO_REPACK"))
+    const int i = repack_index(t);
+    if (i < 0 || best_impl != QT_IMPL_AVX512 || ne0 <= 0 || ne0 % QT_QK_X16 != 0 || env_on("OUTPOST_NO_REPACK"))
         return t;
-    switch (t) {
-    case QT_Q4_0: return QT_Q4_0X16;
-    case QT_Q8_0: return QT_Q8_0X16;
-    case QT_Q4_K: return QT_Q4_KX16;
-    default: return t;
-    }
+    return repacks[i].to;
 }
 
 void qt_repack_row(qt_type from, const void *restrict src, void *restrict dst, int64_t n)
 {
     pthread_once(&probe_once, probe);
-    switch (from) {
-    case QT_Q4_0:
-#ifdef OUTPOST_HAVE_AVX512
-        if (have_avx512) {
-            qt_avx512_q4_0x16_from_q4_0(src, dst, n);
-            break;
-        }
-#endif
-        qt_q4_0x16_from_q4_0(src, dst, n);
-        break;
-    case QT_Q8_0:
-#ifdef OUTPOST_HAVE_AVX512
-        if (have_avx512) {
-            qt_avx512_q8_0x16_from_q8_0(src, dst, n);
-            break;
-        }
-#endif
-        qt_q8_0x16_from_q8_0(src, dst, n);
-        break;
-    case QT_Q4_K:
-        qt_q4_kx16_from_q4_k(src, dst, n);
-        break;
-    default:
+    const int i = repack_index(from);
+    if (i < 0) {
         memcpy(dst, src, qt_row_bytes(from, n));
-        break;
+        return;
     }
+#ifdef OUTPOST_HAVE_AVX512
+    if (have_avx512 && repacks[i].avx512) {
+        repacks[i].avx512(src, dst, n);
+        return;
+    }
+#endif
+    repacks[i].scalar(src, dst, n);
 }
 
 qt_impl qt_best_impl(void)
