@@ -73,11 +73,40 @@ static void x16_put(uint8_t *row, int64_t g, size_t xbytes, const uint8_t *b, si
     }
 }
 
-void qt_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n)
+/* x16 block g of a row from the stored blocks of its 512 elements. */
+typedef void (*x16_put_fn)(uint8_t *row, int64_t g, const uint8_t *stored);
+
+/* A row of the stored type (group_bytes per 512 elements) into x16 blocks. */
+static void x16_from_stored(x16_put_fn put, size_t group_bytes, const void *src, void *dst, int64_t n)
 {
     for (int64_t g = 0; g < n / QT_QK_X16; g++)
-        x16_put(dst, g, sizeof(qt_block_q4_0x16), (const uint8_t *)((const qt_block_q4_0 *)src + 16 * g),
-                sizeof(qt_block_q4_0), 4);
+        put(dst, g, (const uint8_t *)src + (size_t)g * group_bytes);
+}
+
+/* from_float: each 512 elements quantized to the stored type, then put. */
+static void x16_quantize(x16_put_fn put, qt_from_float_fn quantize, const float *src, void *dst, int64_t n)
+{
+    uint8_t stored[16 * sizeof(qt_block_q8_0)]; /* the largest group: 16 Q8_0 blocks */
+    _Static_assert(2 * sizeof(qt_block_q4_k) <= sizeof stored, "a Q4_K group fits");
+    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
+        quantize(src + g * QT_QK_X16, stored, QT_QK_X16);
+        put(dst, g, stored);
+    }
+}
+
+static void q4_0_put(uint8_t *row, int64_t g, const uint8_t *stored)
+{
+    x16_put(row, g, sizeof(qt_block_q4_0x16), stored, sizeof(qt_block_q4_0), 4);
+}
+
+static void q8_0_put(uint8_t *row, int64_t g, const uint8_t *stored)
+{
+    x16_put(row, g, sizeof(qt_block_q8_0x16), stored, sizeof(qt_block_q8_0), 8);
+}
+
+void qt_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n)
+{
+    x16_from_stored(q4_0_put, 16 * sizeof(qt_block_q4_0), src, dst, n);
 }
 
 void qt_q4_0x16_to_float(const void *restrict src, float *restrict dst, int64_t n)
@@ -102,11 +131,7 @@ void qt_q4_0x16_to_float(const void *restrict src, float *restrict dst, int64_t 
 
 void qt_q4_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
 {
-    qt_block_q4_0 tmp[16];
-    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
-        qt_q4_0_from_float(src + g * QT_QK_X16, tmp, QT_QK_X16);
-        x16_put(dst, g, sizeof(qt_block_q4_0x16), (const uint8_t *)tmp, sizeof(qt_block_q4_0), 4);
-    }
+    x16_quantize(q4_0_put, qt_q4_0_from_float, src, dst, n);
 }
 
 void qt_a8_x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
@@ -170,18 +195,12 @@ void qt_q4_0x16_vec_dot(int64_t n, float *restrict s, const void *restrict x, co
 
 void qt_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n)
 {
-    for (int64_t g = 0; g < n / QT_QK_X16; g++)
-        x16_put(dst, g, sizeof(qt_block_q8_0x16), (const uint8_t *)((const qt_block_q8_0 *)src + 16 * g),
-                sizeof(qt_block_q8_0), 8);
+    x16_from_stored(q8_0_put, 16 * sizeof(qt_block_q8_0), src, dst, n);
 }
 
 void qt_q8_0x16_from_float(const float *restrict src, void *restrict dst, int64_t n)
 {
-    qt_block_q8_0 tmp[16];
-    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
-        qt_q8_0_from_float(src + g * QT_QK_X16, tmp, QT_QK_X16);
-        x16_put(dst, g, sizeof(qt_block_q8_0x16), (const uint8_t *)tmp, sizeof(qt_block_q8_0), 8);
-    }
+    x16_quantize(q8_0_put, qt_q8_0_from_float, src, dst, n);
 }
 
 void qt_q8_0x16_to_float(const void *restrict src, float *restrict dst, int64_t n)
@@ -245,9 +264,10 @@ static inline int k16_code(const uint8_t *qs, int j, int e)
     return e < 16 ? q & 0x0f : q >> 4;
 }
 
-/* x16 block g of a row from the two Q4_K super-blocks a[0..1]. */
-static void k16_put(uint8_t *row, int64_t g, const qt_block_q4_k *a)
+/* x16 block g of a row from its two Q4_K super-blocks. */
+static void k16_put(uint8_t *row, int64_t g, const uint8_t *stored)
 {
+    const qt_block_q4_k *a = (const qt_block_q4_k *)stored;
     uint8_t *qs = row + qt_x16_qs_at(g, sizeof(qt_block_q4_kx16));
     uint8_t *sa = row + qt_x16_d_at(g, sizeof(qt_block_q4_kx16));
     const uint16_t h[4] = { a[0].d, a[1].d, a[0].dmin, a[1].dmin };
@@ -272,8 +292,7 @@ static void k16_put(uint8_t *row, int64_t g, const qt_block_q4_k *a)
 
 void qt_q4_kx16_from_q4_k(const void *restrict src, void *restrict dst, int64_t n)
 {
-    for (int64_t g = 0; g < n / QT_QK_X16; g++)
-        k16_put(dst, g, (const qt_block_q4_k *)src + 2 * g);
+    x16_from_stored(k16_put, 2 * sizeof(qt_block_q4_k), src, dst, n);
 }
 
 void qt_q4_kx16_to_float(const void *restrict src, float *restrict dst, int64_t n)
@@ -295,11 +314,7 @@ void qt_q4_kx16_to_float(const void *restrict src, float *restrict dst, int64_t 
 
 void qt_q4_kx16_from_float(const float *restrict src, void *restrict dst, int64_t n)
 {
-    qt_block_q4_k tmp[2];
-    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
-        qt_q4_k_from_float(src + g * QT_QK_X16, tmp, QT_QK_X16);
-        k16_put(dst, g, tmp);
-    }
+    x16_quantize(k16_put, qt_q4_k_from_float, src, dst, n);
 }
 
 /* Per sub-block: dy * (d scale * sum(code * y) - dmin min * sum(y)). */
