@@ -193,14 +193,11 @@ static void fill_random_blocks(qt_type t, unsigned char *q, int64_t n, uint64_t 
     scale_fields(t, &d_off, &min_off);
     for (int64_t b = 0; b < n / (int64_t)r->block_elems; b++) {
         unsigned char *blk = q + (size_t)b * r->block_bytes;
-        if (t == QT_Q4_0X16 || t == QT_Q8_0X16) { /* 16 scales after the codes (even blocks) or before them (odd) */
-            for (int j = 0; j < 16; j++)
-                wr16(blk + (b % 2 ? 0 : r->block_bytes - 32) + 2 * j,
-                     qt_fp32_to_fp16((float)(rng_unit(&s) * 2.0 - 1.0) * 0.01f));
-            continue;
-        }
-        if (t == QT_Q4_KX16) { /* d0, d1, dmin0, dmin1 lead the 32 bytes of scales; the rest are any bytes */
-            for (int j = 0; j < 4; j++)
+        if (t == QT_Q4_0X16 || t == QT_Q8_0X16 || t == QT_Q4_KX16) {
+            /* 32 bytes of scales after the codes (even blocks) or before
+             * them (odd): 16 fp16 scales, or Q4_K x16's d0, d1, dmin0, dmin1
+             * and then 6-bit scales and mins, which any bytes are */
+            for (int j = 0; j < (t == QT_Q4_KX16 ? 4 : 16); j++)
                 wr16(blk + (b % 2 ? 0 : r->block_bytes - 32) + 2 * j,
                      qt_fp32_to_fp16((float)(rng_unit(&s) * 2.0 - 1.0) * 0.01f));
             continue;
