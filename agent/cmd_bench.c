@@ -428,7 +428,7 @@ int cmd_bench(int argc, char **argv)
                (unsigned long long)eng_kv_bytes_per_pos(ctx));
         printf("peak RSS     %.1f MiB (model and context; the bandwidth buffer excluded)\n",
                peak_rss_mb(mb.n_words * sizeof(uint64_t)));
-        printf("weights      memory-mapped; %llu bytes repacked at load (norms as F32; Q4_0, Q8_0, Q4_K matrices interleaved)\n",
+        printf("weights      memory-mapped; %llu bytes repacked at load (norms as F32; Q4_0, Q8_0, Q4_K, Q6_K matrices interleaved)\n",
                (unsigned long long)eng_model_repacked_bytes(m));
     }
     status = CLI_OK;

@@ -466,10 +466,10 @@ static int load_tensors(eng_model *m, char err[256])
 }
 
 /* Matrices whose rows the fastest kernels here want in another layout
- * (qt_repack_type: Q4_0, Q8_0 and Q4_K on AVX-512 CPUs) are copied once into one
- * anonymous mapping, row by row, and point there from then on; the
- * embedding table stays in place (rows of it are looked up as stored, and a
- * tied output head shares it). The mapped pages a matrix was copied from
+ * (qt_repack_type: Q4_0, Q8_0, Q4_K and Q6_K on AVX-512 CPUs) are copied
+ * once into one anonymous mapping, row by row, and point there from then
+ * on; the embedding table stays in place (rows of it are looked up as
+ * stored, and a tied output head shares it). The mapped pages a matrix was copied from
  * are handed back to the kernel (MADV_DONTNEED: the file is still there to
  * read them from again), so peak memory grows by one matrix, not by all of
  * them. The copies are counted in repacked_bytes. The mapping is populated

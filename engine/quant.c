@@ -55,6 +55,7 @@ static const qt_traits scalar_rows[QT_TYPE_COUNT] = {
     ROW(QT_Q8_0X16, "q8_0x16", QT_QK_X16, sizeof(qt_block_q8_0x16), true, QT_A8_X16, qt_q8_0x16_to_float, qt_q8_0x16_from_float, qt_q8_0x16_vec_dot),
     ROW(QT_A8_X16, "a8_x16", QT_QK_X16, sizeof(qt_block_a8_x16), true, QT_A8_X16, qt_a8_x16_to_float, qt_a8_x16_from_float, NULL),
     ROW(QT_Q4_KX16, "q4_kx16", QT_QK_X16, sizeof(qt_block_q4_kx16), true, QT_A8_X16, qt_q4_kx16_to_float, qt_q4_kx16_from_float, qt_q4_kx16_vec_dot),
+    ROW(QT_Q6_KX16, "q6_kx16", QT_QK_X16, sizeof(qt_block_q6_kx16), true, QT_A8_X16, qt_q6_kx16_to_float, qt_q6_kx16_from_float, qt_q6_kx16_vec_dot),
 };
 
 /* ggml ids with a name and a size but no kernels here (GGUF v3 type list). */
@@ -174,6 +175,7 @@ static const qt_gemm_override avx512_gemms[] = {
     { QT_Q4_0X16, qt_avx512_q4_0x16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q8_0X16, qt_avx512_q8_0x16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q4_KX16, qt_avx512_q4_kx16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
+    { QT_Q6_KX16, qt_avx512_q6_kx16_gemm, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q4_0, qt_avx512_q4_0_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q8_0, qt_avx512_q8_0_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
     { QT_Q4_K, qt_avx512_q4_k_gemm_blocked, QT_AVX512_BGEMM_ROWS, QT_AVX512_BGEMM_COLS },
@@ -470,6 +472,7 @@ static const struct {
     { QT_Q4_0, QT_Q4_0X16, qt_q4_0x16_from_q4_0, AVX512_REPACK(qt_avx512_q4_0x16_from_q4_0) },
     { QT_Q8_0, QT_Q8_0X16, qt_q8_0x16_from_q8_0, AVX512_REPACK(qt_avx512_q8_0x16_from_q8_0) },
     { QT_Q4_K, QT_Q4_KX16, qt_q4_kx16_from_q4_k, NULL },
+    { QT_Q6_K, QT_Q6_KX16, qt_q6_kx16_from_q6_k, NULL },
 };
 
 static int repack_index(qt_type t)

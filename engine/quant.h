@@ -48,14 +48,15 @@ typedef enum qt_type {
     QT_BF16 = 30,
     QT_FILE_TYPE_COUNT = 40, /* ids a GGUF file may name are below this */
     /* In-memory layouts of our own, never read from or written to a file
-     * (quant_x16.c): Q4_0, Q8_0 and Q4_K weights with 16 blocks (Q4_K:
-     * sub-blocks) interleaved, as model.c repacks them for the AVX-512
-     * kernels, and their activations. */
+     * (quant_x16.c): Q4_0, Q8_0, Q4_K and Q6_K weights with 16 blocks
+     * (K-quants: two super-blocks) interleaved, as model.c repacks them
+     * for the AVX-512 kernels, and their activations. */
     QT_Q4_0X16 = 40,
     QT_A8_X16 = 41,
     QT_Q8_0X16 = 42,
     QT_Q4_KX16 = 43,
-    QT_TYPE_COUNT = 44 /* ids below this may be looked up */
+    QT_Q6_KX16 = 44,
+    QT_TYPE_COUNT = 45 /* ids below this may be looked up */
 } qt_type;
 
 typedef enum qt_impl {
@@ -111,8 +112,8 @@ int qt_type_from_name(const char *name);
 const char *qt_type_name(qt_type t); /* "?" for unknown */
 const char *qt_impl_name(qt_impl impl);
 /* The in-memory layout the fastest kernels here want for weight rows of t
- * with ne0 elements (QT_Q4_0X16 for Q4_0, QT_Q8_0X16 for Q8_0 and QT_Q4_KX16
- * for Q4_K on AVX-512 CPUs without AMX), or t itself when
+ * with ne0 elements (QT_Q4_0X16 for Q4_0, QT_Q8_0X16 for Q8_0, QT_Q4_KX16
+ * for Q4_K and QT_Q6_KX16 for Q6_K on AVX-512 CPUs without AMX), or t itself when
  * rows are best used as stored. OUTPOST_NO_REPACK=1 makes it always t. */
 qt_type qt_repack_type(qt_type t, int64_t ne0);
 /* Convert n elements of one row from `from` to its repack type (same size). */

@@ -2,10 +2,10 @@
  * quant_avx512_gemm.c - cache-blocked AVX-512 VNNI gemm tiles (qt_gemm_fn)
  * for prompt batches: Q4_0 and Q8_0 weights against Q8_0 activations, Q4_K
  * and Q6_K weights against Q8_K activations; and every kernel of the
- * interleaved Q4_0 x16, Q8_0 x16 and Q4_K x16 weights (quant_x16.c has
- * the layouts):
- * their decode, their prompt tiles (the ones below, with the weights
- * unpacked through 16 x 16 transposes) and the A8 x16 activation quantizer.
+ * interleaved Q4_0 x16, Q8_0 x16, Q4_K x16 and Q6_K x16 weights
+ * (quant_x16.c has the layouts): their decode, their prompt tiles (the
+ * ones below, with the weights unpacked through 16 x 16 transposes) and
+ * the A8 x16 activation quantizer.
  *
  * Compiled, like quant_avx512.c, with AVX-512 F/BW/VL/DQ + VNNI and called
  * only after quant.c's probe saw them. For the stored layouts, batches of
@@ -71,7 +71,12 @@
  * blocks: the weight scale is d * scale of the sub-block, there is no
  * integer offset, and the mins cost one more FMA per block and token,
  * dmin * min (per row, unpacked with the scales) times the token's scale
- * times its code sum (from the panel). Every integer sum is exact; results
+ * times its code sum (from the panel). Q6_K x16 too: its codes are
+ * rebuilt from the nibbles and top bits once, at unpacking; the two halves
+ * of a block (steps 0..3 and 4..7, already separate sums) start from their
+ * own -32 offsets (the panel's off and off_hi) and meet their own d *
+ * scale (W's d and m): one more conversion and FMA per block and token.
+ * Every integer sum is exact; results
  * match the scalar dot up to float rounding order (the test's tolerance).
  *
  * K-quants: a Q4_K super-block is 8 sub-blocks of 32 with 6-bit scales:
@@ -116,11 +121,12 @@ static inline __mmask16 bg_row_mask(int r0, int nr)
 
 /* ---- Q4_0 and Q8_0 ----------------------------------------------------- */
 
-enum { BG_Q4_0, BG_Q8_0, BG_Q4_0X16, BG_Q8_0X16, BG_Q4_KX16 };
+enum { BG_Q4_0, BG_Q8_0, BG_Q4_0X16, BG_Q8_0X16, BG_Q4_KX16, BG_Q6_KX16 };
 
-static inline bool bg_is_x16(int kind) { return kind == BG_Q4_0X16 || kind == BG_Q8_0X16 || kind == BG_Q4_KX16; }
+static inline bool bg_is_x16(int kind) { return kind >= BG_Q4_0X16; }
 
-/* Bytes per 32-element block of a kind's weight rows (x16 blocks hold 16). */
+/* Bytes per 32-element block of a kind's weight rows (x16 blocks hold 16);
+ * for Q6_K x16, of its codes (the scales sit at the row's end). */
 static inline size_t bg_block_bytes(int kind)
 {
     switch (kind) {
@@ -128,6 +134,7 @@ static inline size_t bg_block_bytes(int kind)
     case BG_Q8_0: return sizeof(qt_block_q8_0);
     case BG_Q4_0X16: return sizeof(qt_block_q4_0x16) / 16;
     case BG_Q4_KX16: return sizeof(qt_block_q4_kx16) / 16;
+    case BG_Q6_KX16: return 384 / 16;
     default: return sizeof(qt_block_q8_0x16) / 16;
     }
 }
@@ -135,13 +142,14 @@ static inline size_t bg_block_bytes(int kind)
 typedef struct bg_panel {
     float d[BG_KC][BG_COLS + 16];     /* token scales by block (room for a last group of 16) */
     int32_t off[BG_KC][BG_COLS + 16]; /* -(weight offset) * sum of the token's codes */
+    int32_t off_hi[BG_KC][BG_COLS + 16]; /* Q6_K x16: off of the high half (off: the low half) */
     float ms[BG_KC][BG_COLS + 16];    /* Q4_K x16: token scale * sum of its codes, for the mins */
 } bg_panel;
 
 typedef struct bg_wpack {
     __m512i w[BG_KC][8];
-    __m512 d[BG_KC];
-    __m512 m[BG_KC]; /* Q4_K x16: each row's dmin * min of the block */
+    __m512 d[BG_KC]; /* Q6_K x16: d * scale of the low half */
+    __m512 m[BG_KC]; /* Q4_K x16: each row's dmin * min of the block; Q6_K x16: d * scale of the high half */
 } bg_wpack;
 
 /* Q4_K x16's 32 bytes of scales (quant_impl.h) as two float vectors, lane j
@@ -161,6 +169,38 @@ static inline __attribute__((always_inline)) void k16_scales(const uint8_t *sa, 
     const __m512 dmin = _mm512_permutexvar_ps(_mm512_add_epi32(half, _mm512_set1_epi32(2)), dd);
     *ws = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)), d);
     *wm = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(m)), dmin);
+}
+
+/* Q6_K x16's top-bit vector h (quant_impl.h) with the two bits for code
+ * dword k at bits 4..5 of each byte (other bits unmasked). */
+static inline __attribute__((always_inline)) __m512i q6_top(__m512i h, int k)
+{
+    switch (k) {
+    case 0: return _mm512_slli_epi16(h, 4);
+    case 1: return _mm512_slli_epi16(h, 2);
+    case 2: return h;
+    default: return _mm512_srli_epi16(h, 2);
+    }
+}
+
+/* Q6_K x16 codes, 0..63 per byte: the low four bits of nib (the rest
+ * masked off) or'ed with top's bits 4..5 (one vpternlogd: (a & b) | c). */
+static inline __attribute__((always_inline)) __m512i q6_code(__m512i nib, __m512i top)
+{
+    return _mm512_ternarylogic_epi32(nib, _mm512_set1_epi8(0x0f), _mm512_and_si512(top, _mm512_set1_epi8(0x30)),
+                                     0xea);
+}
+
+/* Q6_K x16's scales of one x16 block as two float vectors, lane j = block
+ * j: d * scale of its low half and of its high half (Q6_K's products). */
+static inline __attribute__((always_inline)) void q6_scales(const uint8_t *sc, __m512 *lo, __m512 *hi)
+{
+    uint32_t dd;
+    memcpy(&dd, sc + 32, sizeof dd);
+    const __m512i half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512 d = _mm512_permutexvar_ps(half, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dd))));
+    *lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)sc))), d);
+    *hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(sc + 16)))), d);
 }
 
 /* Token side of blocks kb .. kb + nkb for tokens 0 .. nt, eight tokens of
@@ -256,9 +296,49 @@ static inline __attribute__((always_inline)) void bg_transpose16x16(__m512i v[16
  * k of 16 blocks (lane = block); a 16 x 16 transpose makes it lane = row,
  * block by block, which is what the tiles want. The scales likewise, as
  * floats. kb and nkb are multiples of 16 (rows of whole x16 blocks). */
+/* Q6_K x16 rows into W the same way: the code vectors and both top-bit
+ * vectors transposed, then combined into 0..63 codes per row lane; the
+ * scales as bg_pack_x16's, d * scale of each half (W's d and m). */
+static inline __attribute__((always_inline)) void bg_pack_q6x16(bg_wpack *wp, const uint8_t *const rows[16],
+                                                                int64_t n, int64_t kb, int nkb)
+{
+    for (int g = 0; g < nkb / 16; g++) {
+        const int64_t gi = kb / 16 + g;
+        const size_t qo = qt_q6x16_qs_at(gi), so = qt_q6x16_sc_at(gi, n);
+        __m512i v[16], h0[16], h1[16];
+        for (int r = 0; r < 16; r++) {
+            h0[r] = _mm512_loadu_si512(rows[r] + qo + 256);
+            h1[r] = _mm512_loadu_si512(rows[r] + qo + 320);
+        }
+        bg_transpose16x16(h0);
+        bg_transpose16x16(h1);
+        for (int k = 0; k < 4; k++) {
+            for (int r = 0; r < 16; r++)
+                v[r] = _mm512_loadu_si512(rows[r] + qo + 64 * k);
+            bg_transpose16x16(v);
+            for (int j = 0; j < 16; j++) {
+                wp->w[16 * g + j][k] = q6_code(v[j], q6_top(h0[j], k));
+                wp->w[16 * g + j][k + 4] = q6_code(_mm512_srli_epi16(v[j], 4), q6_top(h1[j], k));
+            }
+        }
+        for (int r = 0; r < 16; r++) {
+            __m512 lo, hi;
+            q6_scales(rows[r] + so, &lo, &hi);
+            v[r] = _mm512_castps_si512(lo);
+            h0[r] = _mm512_castps_si512(hi);
+        }
+        bg_transpose16x16(v);
+        bg_transpose16x16(h0);
+        for (int j = 0; j < 16; j++) {
+            wp->d[16 * g + j] = _mm512_castsi512_ps(v[j]);
+            wp->m[16 * g + j] = _mm512_castsi512_ps(h0[j]);
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack *wp, const uint8_t *x,
-                                                              size_t x_stride, int r0, int nr, int64_t kb,
-                                                              int nkb)
+                                                              size_t x_stride, int64_t n, int r0, int nr,
+                                                              int64_t kb, int nkb)
 {
     const bool q4 = kind != BG_Q8_0X16;
     const size_t bbytes = 16 * bg_block_bytes(kind);
@@ -266,6 +346,10 @@ static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack
     const uint8_t *rows[16];
     for (int r = 0; r < 16; r++) /* rows past nr repeat the last; their lanes are not stored */
         rows[r] = x + (size_t)(r0 + r < nr ? r0 + r : nr - 1) * x_stride;
+    if (kind == BG_Q6_KX16) {
+        bg_pack_q6x16(wp, rows, n, kb, nkb);
+        return;
+    }
     for (int g = 0; g < nkb / 16; g++) {
         const int64_t gi = kb / 16 + g;
         const size_t qo = qt_x16_qs_at(gi, bbytes), dof = qt_x16_d_at(gi, bbytes);
@@ -313,27 +397,39 @@ static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack
 static inline void bg_panel_fill_x16(int kind, bg_panel *p, const uint8_t *y, size_t y_stride, int nt, int64_t kb,
                                      int nkb)
 {
-    const bool k16 = kind == BG_Q4_KX16;
-    const __m128i shift = _mm_cvtsi32_si128(kind == BG_Q4_0X16 ? 3 : 7);
+    const bool k16 = kind == BG_Q4_KX16, q6 = kind == BG_Q6_KX16;
+    const __m512i ones = _mm512_set1_epi8(1);
+    const __m128i shift = _mm_cvtsi32_si128(kind == BG_Q4_0X16 ? 3 : q6 ? 5 : 7);
     for (int t0 = 0; t0 < nt; t0 += 16) {
         const qt_block_a8_x16 *a[16];
         for (int t = 0; t < 16; t++)
             a[t] = (const qt_block_a8_x16 *)(y + (size_t)(t0 + t < nt ? t0 + t : nt - 1) * y_stride) + kb / 16;
         for (int g = 0; g < nkb / 16; g++) {
-            __m512i d[16], e[16]; /* e: the offsets, or Q4_K x16's ms */
+            __m512i d[16], e[16], f[16]; /* e: the offsets, or Q4_K x16's ms; f: Q6_K x16's high halves' */
             for (int t = 0; t < 16; t++) {
-                const __m512i sum = _mm512_loadu_si512(a[t][g].sum);
+                __m512i sum = _mm512_loadu_si512(a[t][g].sum);
                 d[t] = _mm512_loadu_si512(a[t][g].d);
+                if (q6) { /* the low halves' sums: dwords 0..3 of each block */
+                    __m512i lo = _mm512_setzero_si512();
+                    for (int k = 0; k < 4; k++)
+                        lo = _mm512_dpbusd_epi32(lo, ones, _mm512_loadu_si512(a[t][g].qs + 64 * k));
+                    f[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_sll_epi32(_mm512_sub_epi32(sum, lo), shift));
+                    sum = lo;
+                }
                 e[t] = k16 ? _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(d[t]), _mm512_cvtepi32_ps(sum)))
                            : _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_sll_epi32(sum, shift));
             }
             bg_transpose16x16(d);
             bg_transpose16x16(e);
+            if (q6)
+                bg_transpose16x16(f);
             for (int j = 0; j < 16; j++) {
                 _mm512_storeu_si512(&p->d[16 * g + j][t0], d[j]);
                 _mm512_storeu_si512(&p->off[16 * g + j][t0], k16 ? _mm512_setzero_si512() : e[j]);
                 if (k16)
                     _mm512_storeu_si512(&p->ms[16 * g + j][t0], e[j]);
+                if (q6)
+                    _mm512_storeu_si512(&p->off_hi[16 * g + j][t0], f[j]);
             }
         }
     }
@@ -342,12 +438,12 @@ static inline void bg_panel_fill_x16(int kind, bg_panel *p, const uint8_t *y, si
 /* Unpack 16 rows' blocks kb .. kb + nkb into W: plain loads of each row's
  * codes and a register transpose (no gathers). */
 static inline __attribute__((always_inline)) void bg_pack(int kind, bg_wpack *wp, const uint8_t *x,
-                                                          size_t x_stride, int r0, int nr, int64_t kb,
-                                                          int nkb)
+                                                          size_t x_stride, int64_t n, int r0, int nr,
+                                                          int64_t kb, int nkb)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     if (bg_is_x16(kind)) {
-        bg_pack_x16(kind, wp, x, x_stride, r0, nr, kb, nkb);
+        bg_pack_x16(kind, wp, x, x_stride, n, r0, nr, kb, nkb);
         return;
     }
     const size_t bbytes = kind == BG_Q4_0 ? sizeof(qt_block_q4_0) : sizeof(qt_block_q8_0);
@@ -408,7 +504,9 @@ static inline __attribute__((always_inline)) void bg_tile(int kind, int N, const
         for (int t = 0; t < N; t++) {
             const uint8_t *q = yt[t] + boff;
             __m512i i0 = _mm512_set1_epi32(p->off[b][t0 + t]);
-            __m512i i1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w4, bg_bcast(q + 4 * kstep));
+            __m512i i1 = _mm512_dpbusd_epi32(kind == BG_Q6_KX16 ? _mm512_set1_epi32(p->off_hi[b][t0 + t])
+                                                                : _mm512_setzero_si512(),
+                                             w4, bg_bcast(q + 4 * kstep));
             i0 = _mm512_dpbusd_epi32(i0, w0, bg_bcast(q));
             i1 = _mm512_dpbusd_epi32(i1, w5, bg_bcast(q + 5 * kstep));
             i0 = _mm512_dpbusd_epi32(i0, w1, bg_bcast(q + kstep));
@@ -416,7 +514,11 @@ static inline __attribute__((always_inline)) void bg_tile(int kind, int N, const
             i0 = _mm512_dpbusd_epi32(i0, w2, bg_bcast(q + 2 * kstep));
             i1 = _mm512_dpbusd_epi32(i1, w7, bg_bcast(q + 7 * kstep));
             i0 = _mm512_dpbusd_epi32(i0, w3, bg_bcast(q + 3 * kstep));
-            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), dw);
+            __m512 f;
+            if (kind == BG_Q6_KX16) /* the halves have their own scales */
+                f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), wp->m[b], _mm512_mul_ps(_mm512_cvtepi32_ps(i0), dw));
+            else
+                f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), dw);
             acc[t] = _mm512_fmadd_ps(f, _mm512_set1_ps(p->d[b][t0 + t]), acc[t]);
             if (kind == BG_Q4_KX16)
                 acc[t] = _mm512_fnmadd_ps(wp->m[b], _mm512_set1_ps(p->ms[b][t0 + t]), acc[t]);
@@ -478,7 +580,8 @@ static inline __attribute__((always_inline)) void bg_tile2(int kind, int N, cons
             const __m512i off = _mm512_set1_epi32(p->off[b][t0 + t]);
             /* four chains of four: eight-long chains left the vpdpbusd
              * units waiting on their latency (measured) */
-            __m512i ia = off, ib = off, ja = _mm512_setzero_si512(), jb = ja;
+            __m512i ia = off, ib = off;
+            __m512i ja = kind == BG_Q6_KX16 ? _mm512_set1_epi32(p->off_hi[b][t0 + t]) : _mm512_setzero_si512(), jb = ja;
             for (int k = 0; k < 4; k++) {
                 const __m512i yk = bg_bcast(q + (size_t)k * kstep), zk = bg_bcast(q + (size_t)(k + 4) * kstep);
                 ia = _mm512_dpbusd_epi32(ia, wa->w[b][k], yk);
@@ -486,9 +589,16 @@ static inline __attribute__((always_inline)) void bg_tile2(int kind, int N, cons
                 ja = _mm512_dpbusd_epi32(ja, wa->w[b][k + 4], zk);
                 jb = _mm512_dpbusd_epi32(jb, wb->w[b][k + 4], zk);
             }
+            const __m512 dy = _mm512_set1_ps(p->d[b][t0 + t]);
+            if (kind == BG_Q6_KX16) { /* the halves have their own scales */
+                const __m512 fa = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ja), wa->m[b], _mm512_mul_ps(_mm512_cvtepi32_ps(ia), da));
+                const __m512 fb = _mm512_fmadd_ps(_mm512_cvtepi32_ps(jb), wb->m[b], _mm512_mul_ps(_mm512_cvtepi32_ps(ib), db));
+                acca[t] = _mm512_fmadd_ps(fa, dy, acca[t]);
+                accb[t] = _mm512_fmadd_ps(fb, dy, accb[t]);
+                continue;
+            }
             ia = _mm512_add_epi32(ia, ja);
             ib = _mm512_add_epi32(ib, jb);
-            const __m512 dy = _mm512_set1_ps(p->d[b][t0 + t]);
             acca[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia), da), dy, acca[t]);
             accb[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ib), db), dy, accb[t]);
             if (kind == BG_Q4_KX16) {
@@ -574,8 +684,8 @@ static inline __attribute__((always_inline)) void bg_gemm(int kind, int64_t n, f
             bg_panel_fill(&panel, y, y_stride, nt, kb, nkb, kind == BG_Q4_0 ? 3 : 7);
         int r0 = 0;
         for (; r0 + 16 < nr; r0 += 32) { /* two groups, the second possibly short */
-            bg_pack(kind, &wp, x, x_stride, r0, nr, kb, nkb);
-            bg_pack(kind, &wp2, x, x_stride, r0 + 16, nr, kb, nkb);
+            bg_pack(kind, &wp, x, x_stride, n, r0, nr, kb, nkb);
+            bg_pack(kind, &wp2, x, x_stride, n, r0 + 16, nr, kb, nkb);
             /* next: the following pair of groups, or the first of the next chunk */
             const size_t bbytes = bg_block_bytes(kind);
             const int nkb_next = nb - (kb + BG_KC) < BG_KC ? (int)(nb - (kb + BG_KC)) : BG_KC;
@@ -594,7 +704,7 @@ static inline __attribute__((always_inline)) void bg_gemm(int kind, int64_t n, f
                        kb == 0, &nx);
         }
         for (; r0 < nr; r0 += 16) {
-            bg_pack(kind, &wp, x, x_stride, r0, nr, kb, nkb);
+            bg_pack(kind, &wp, x, x_stride, n, r0, nr, kb, nkb);
             bg_tokens(kind, &wp, &panel, nkb, nt, y, y_stride, kb, s + r0, ld_s, bg_row_mask(r0, nr), kb == 0);
         }
     }
@@ -693,6 +803,35 @@ static inline __attribute__((always_inline)) __m512 k16_dot(__m512 acc, const ui
     return _mm512_fmadd_ps(t, _mm512_loadu_ps(a->d), acc);
 }
 
+/* Q6_K x16: per 512 elements six 64-byte loads of codes; each code vector
+ * is rebuilt (low four bits and two top bits, three or four instructions)
+ * and meets its activation dwords in vpdpbusd, low and high halves in
+ * their own sums, as they have their own scales. Four vpdpbusd against
+ * 32s give the low halves' -32 offsets; the high halves' is the block's
+ * from sum[] less that. Then per half one conversion and one FMA with
+ * d * scale, and one FMA with the block's activation scale. */
+static inline __attribute__((always_inline)) __m512 q6x16_dot(__m512 acc, const uint8_t *qs, const uint8_t *sc,
+                                                               const qt_block_a8_x16 *a)
+{
+    const __m512i c32 = _mm512_set1_epi8(32);
+    const __m512i h0 = _mm512_loadu_si512(qs + 256), h1 = _mm512_loadu_si512(qs + 320);
+    __m512i lo = _mm512_setzero_si512(), hi = lo, off = lo;
+    for (int k = 0; k < 4; k++) {
+        const __m512i l = _mm512_loadu_si512(qs + 64 * k), y = _mm512_loadu_si512(a->qs + 64 * k);
+        lo = _mm512_dpbusd_epi32(lo, q6_code(l, q6_top(h0, k)), y);
+        hi = _mm512_dpbusd_epi32(hi, q6_code(_mm512_srli_epi16(l, 4), q6_top(h1, k)),
+                                 _mm512_loadu_si512(a->qs + 64 * (k + 4)));
+        off = _mm512_dpbusd_epi32(off, c32, y);
+    }
+    const __m512i sum32 = _mm512_slli_epi32(_mm512_loadu_si512(a->sum), 5);
+    lo = _mm512_sub_epi32(lo, off);
+    hi = _mm512_sub_epi32(hi, _mm512_sub_epi32(sum32, off));
+    __m512 wl, wh;
+    q6_scales(sc, &wl, &wh);
+    const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), wh, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), wl));
+    return _mm512_fmadd_ps(t, _mm512_loadu_ps(a->d), acc);
+}
+
 static inline __attribute__((always_inline)) void x16_prefetch(const void *p, int lines)
 {
     for (int l = 0; l < lines; l++)
@@ -762,15 +901,46 @@ static inline __attribute__((always_inline)) void x16_gemv(int kind, int64_t n, 
     }
 }
 
-/* The gemm entry of both x16 types: decode and small batches one token at
- * a time through x16_gemv, prompts through bg_gemm. */
+/* Decode of Q6_K x16 rows: each row's codes front to back, two x16 blocks
+ * per step, the scales from the row's end (not prefetched: the hardware
+ * finds them, and prefetching them a row ahead was no faster, measured). */
+static void q6x16_gemv(int64_t n, float *restrict s, const uint8_t *restrict x, size_t x_stride, int nr,
+                       const uint8_t *restrict y)
+{
+    const int64_t ng = n / QT_QK_X16;
+    const qt_block_a8_x16 *a = (const qt_block_a8_x16 *)y;
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *w = x + (size_t)r * x_stride;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        int64_t g = 0;
+        for (; g + 2 <= ng; g += 2) {
+            x16_prefetch(w + qt_q6x16_qs_at(g), 12);
+            acc0 = q6x16_dot(acc0, w + qt_q6x16_qs_at(g), w + qt_q6x16_sc_at(g, n), &a[g]);
+            acc1 = q6x16_dot(acc1, w + qt_q6x16_qs_at(g + 1), w + qt_q6x16_sc_at(g + 1, n), &a[g + 1]);
+        }
+        if (g < ng) {
+            x16_prefetch(w + qt_q6x16_qs_at(g), 6);
+            acc0 = q6x16_dot(acc0, w + qt_q6x16_qs_at(g), w + qt_q6x16_sc_at(g, n), &a[g]);
+        }
+        s[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    }
+}
+
+/* The gemm entry of the x16 types: decode and small batches one token at
+ * a time through x16_gemv (q6x16_gemv), prompts through bg_gemm. */
 static inline __attribute__((always_inline)) void x16_gemm(int kind, int64_t n, float *restrict s, size_t ld_s,
                                                            const void *restrict x, size_t x_stride, int nr,
                                                            const void *restrict y, size_t y_stride, int nt)
 {
     if (bg_delegate(nt)) {
-        for (int t = 0; t < nt; t++)
-            x16_gemv(kind, n, s + (size_t)t * ld_s, x, x_stride, nr, (const uint8_t *)y + (size_t)t * y_stride);
+        for (int t = 0; t < nt; t++) {
+            float *st = s + (size_t)t * ld_s;
+            const uint8_t *yt = (const uint8_t *)y + (size_t)t * y_stride;
+            if (kind == BG_Q6_KX16)
+                q6x16_gemv(n, st, x, x_stride, nr, yt);
+            else
+                x16_gemv(kind, n, st, x, x_stride, nr, yt);
+        }
         return;
     }
     bg_gemm(kind, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
@@ -792,6 +962,12 @@ void qt_avx512_q4_kx16_gemm(int64_t n, float *restrict s, size_t ld_s, const voi
                             size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
 {
     x16_gemm(BG_Q4_KX16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
+}
+
+void qt_avx512_q6_kx16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x,
+                            size_t x_stride, int nr, const void *restrict y, size_t y_stride, int nt)
+{
+    x16_gemm(BG_Q6_KX16, n, s, ld_s, x, x_stride, nr, y, y_stride, nt);
 }
 
 /* qt_q4_0x16_from_q4_0 and qt_q8_0x16_from_q8_0 with the transposes of

@@ -154,6 +154,16 @@ typedef struct QT_PACKED qt_block_q6_k {
     uint16_t d;
 } qt_block_q6_k;
 
+/* Code e of a Q6_K super-block, 0..63 (the value is code - 32). */
+static inline int qt_q6_k_code(const qt_block_q6_k *b, int e)
+{
+    int c = e / 128, k = (e % 128) / 32, l = e % 32;
+    uint8_t lo = b->ql[64 * c + 32 * (k % 2) + l];
+    int low = k < 2 ? lo & 0xf : lo >> 4;
+    int high = (b->qh[32 * c + l] >> (2 * k)) & 3;
+    return low | high << 4;
+}
+
 /* ggml block_q8_K: activations for every K-quant dot. x = qs * d with d in
  * fp32; bsums[j] is the sum of qs[16 j .. 16 j + 15], which turns the
  * weights' mins and offsets into one short dot per super-block. */
@@ -192,6 +202,30 @@ typedef struct QT_PACKED qt_block_q4_kx16 {
     uint8_t bytes[288];
 } qt_block_q4_kx16;
 
+/* Q6_K x16: two Q6_K super-blocks (420 bytes, as they take), but split in
+ * a row: every x16 block's 384 bytes of codes first, 64-byte aligned,
+ * then every block's 36 bytes of scales (quant_x16.c explains it):
+ *   codes of block g at 384 g (qt_q6x16_qs_at):
+ *     [0, 256):   the low four bits, laid out as Q4_0 x16's codes
+ *     [256, 384): byte 256 + 64 h + 4 j + e, bits 2 k .. 2 k + 1: the top
+ *                 two bits of element 32 j + 16 h + 4 k + e (h, k as below)
+ *   scales of block g at 384 G + 36 g in a row of G blocks (qt_q6x16_sc_at):
+ *     byte j, 16 + j: the int8 scales of elements 32 j .. + 15 and
+ *     32 j + 16 .. + 31; bytes 32..35: the two super-blocks' fp16 d. */
+typedef struct QT_PACKED qt_block_q6_kx16 {
+    uint8_t bytes[420];
+} qt_block_q6_kx16;
+
+static inline size_t qt_q6x16_qs_at(int64_t g)
+{
+    return (size_t)g * 384;
+}
+
+static inline size_t qt_q6x16_sc_at(int64_t g, int64_t n)
+{
+    return (size_t)(n / QT_QK_X16) * 384 + (size_t)g * 36;
+}
+
 /* Byte offsets in a row of x16 blocks of `bytes` bytes each: block g's
  * codes, and its 32 bytes of scales. */
 static inline size_t qt_x16_qs_at(int64_t g, size_t bytes)
@@ -221,6 +255,7 @@ _Static_assert(sizeof(qt_block_q4_0x16) == 16 * sizeof(qt_block_q4_0), "Q4_0 x16
 _Static_assert(sizeof(qt_block_a8_x16) == 640, "A8 x16 is 640 bytes");
 _Static_assert(sizeof(qt_block_q8_0x16) == 16 * sizeof(qt_block_q8_0), "Q8_0 x16 is 16 Q8_0 blocks rearranged");
 _Static_assert(sizeof(qt_block_q4_kx16) == 2 * 144, "Q4_K x16 is two Q4_K super-blocks rearranged");
+_Static_assert(sizeof(qt_block_q6_kx16) == 2 * 210, "Q6_K x16 is two Q6_K super-blocks rearranged");
 _Static_assert(sizeof(qt_block_q4_1) == 20, "Q4_1 block is 20 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q5_0) == 22, "Q5_0 block is 22 bytes in GGUF");
 _Static_assert(sizeof(qt_block_q5_1) == 24, "Q5_1 block is 24 bytes in GGUF");
@@ -346,6 +381,10 @@ void qt_q4_kx16_to_float(const void *restrict src, float *restrict dst, int64_t 
 void qt_q4_kx16_from_float(const float *restrict src, void *restrict dst, int64_t n);
 void qt_q4_kx16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void qt_q4_kx16_from_q4_k(const void *restrict src, void *restrict dst, int64_t n);
+void qt_q6_kx16_to_float(const void *restrict src, float *restrict dst, int64_t n);
+void qt_q6_kx16_from_float(const float *restrict src, void *restrict dst, int64_t n);
+void qt_q6_kx16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void qt_q6_kx16_from_q6_k(const void *restrict src, void *restrict dst, int64_t n);
 void qt_a8_x16_to_float(const void *restrict src, float *restrict dst, int64_t n);
 void qt_a8_x16_from_float(const float *restrict src, void *restrict dst, int64_t n);
 
@@ -458,6 +497,8 @@ void qt_avx512_q8_k_from_float(const float *restrict src, void *restrict dst, in
 void qt_avx512_q4_0x16_from_q4_0(const void *restrict src, void *restrict dst, int64_t n);
 void qt_avx512_q8_0x16_from_q8_0(const void *restrict src, void *restrict dst, int64_t n);
 void qt_avx512_q4_kx16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
+                            int nr, const void *restrict y, size_t y_stride, int nt);
+void qt_avx512_q6_kx16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
                             int nr, const void *restrict y, size_t y_stride, int nt);
 void qt_avx512_q8_0x16_gemm(int64_t n, float *restrict s, size_t ld_s, const void *restrict x, size_t x_stride,
                             int nr, const void *restrict y, size_t y_stride, int nt);

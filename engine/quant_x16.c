@@ -1,7 +1,7 @@
 /*
- * quant_x16.c - the interleaved in-memory layouts Q4_0 x16, Q8_0 x16 and
- * Q4_K x16 (weights) and A8 x16 (their activations): reference kernels and
- * the repacks from Q4_0, Q8_0 and Q4_K.
+ * quant_x16.c - the interleaved in-memory layouts Q4_0 x16, Q8_0 x16,
+ * Q4_K x16 and Q6_K x16 (weights) and A8 x16 (their activations):
+ * reference kernels and the repacks from Q4_0, Q8_0, Q4_K and Q6_K.
  *
  * Why: a Q4_0 row as stored is 18-byte blocks, a 2-byte scale then 16 bytes
  * of nibbles, so a SIMD kernel reading it in place spends shuffles gathering
@@ -38,6 +38,22 @@
  *   the read bandwidth; this layout costs about half and reaches 97-99%
  *   on the same two-thread stream (measured).
  *
+ *   Q6_K x16 holds two Q6_K super-blocks (420 bytes, as they take). A
+ *   32-element block's two 16-element sub-blocks are exactly the low and
+ *   the high nibbles of Q4_0 x16's code bytes, so the codes' low four bits
+ *   are laid out as Q4_0 x16's, and their top two bits follow in two more
+ *   vectors (one per half), four 2-bit fields per byte: field k of byte
+ *   4 j + e belongs to the code in nibble-vector k at the same byte. A
+ *   shift, a mask and one vpternlogd rebuild each 6-bit code vector; each
+ *   half keeps its own integer sum, as each has its own int8 scale. 420 is
+ *   no multiple of 64, so a row holds every block's 384 bytes of codes
+ *   first (aligned) and all their scales after (quant_impl.h has the
+ *   bytes); the repack needs the row length to place them. Read in place,
+ *   Q6_K decoded at ~0.79-0.80 of a two-thread read stream where this
+ *   layout reaches ~0.84-0.89, as Q4_K x16 does (alternating in one run,
+ *   measured), and TinyLlama Q4_K_M, whose Q6_K matrices are a quarter of
+ *   its bytes, decoded ~9% faster.
+ *
  * A 64-byte load of qs then holds dword k of all 16 blocks, one block per
  * int32 lane, and vpdpbusd against the activations laid out the same way
  * (A8 x16, below) leaves each block's dot in its own lane after eight
@@ -52,14 +68,28 @@
  * Activations are quantized exactly as Q8_0 (same codes, same fp16-rounded
  * scales), so a dot against Q4_0 x16 equals the Q4_0 x Q8_0 dot up to float
  * summation order; sum[] serves the weights' -8 offset, and Q4_K x16's
- * mins. Q4_K as stored meets Q8_K activations (one scale per 256
- * elements); Q4_K x16 meets these, one scale per 32, a finer rounding of
- * the same activations (test_repack checks both against float).
+ * mins, and (with the low halves' sums, which its kernels take) Q6_K
+ * x16's -32 offsets. Q4_K and Q6_K as stored meet Q8_K activations (one
+ * scale per 256 elements); their x16 layouts meet these, one scale per 32,
+ * a finer rounding of the same activations (test_repack checks both
+ * against float).
  *
  * These layouts exist only in memory: their type ids are past every id a
  * GGUF file may name, and qt_type_from_name() does not know their names.
  */
 #include "quant_impl.h"
+
+static inline uint32_t x16_load32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void x16_store32(uint8_t *p, uint32_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
 
 /* x16 block g (xbytes long) of a row from 16 legacy blocks of bbytes each,
  * a 2-byte scale then `dwords` dwords of codes: Q4_0 (18, 4) or Q8_0 (34, 8). */
@@ -73,14 +103,14 @@ static void x16_put(uint8_t *row, int64_t g, size_t xbytes, const uint8_t *b, si
     }
 }
 
-/* x16 block g of a row from the stored blocks of its 512 elements. */
-typedef void (*x16_put_fn)(uint8_t *row, int64_t g, const uint8_t *stored);
+/* x16 block g of a row of n elements from the stored blocks of its 512. */
+typedef void (*x16_put_fn)(uint8_t *row, int64_t g, int64_t n, const uint8_t *stored);
 
 /* A row of the stored type (group_bytes per 512 elements) into x16 blocks. */
 static void x16_from_stored(x16_put_fn put, size_t group_bytes, const void *src, void *dst, int64_t n)
 {
     for (int64_t g = 0; g < n / QT_QK_X16; g++)
-        put(dst, g, (const uint8_t *)src + (size_t)g * group_bytes);
+        put(dst, g, n, (const uint8_t *)src + (size_t)g * group_bytes);
 }
 
 /* from_float: each 512 elements quantized to the stored type, then put. */
@@ -88,19 +118,22 @@ static void x16_quantize(x16_put_fn put, qt_from_float_fn quantize, const float 
 {
     uint8_t stored[16 * sizeof(qt_block_q8_0)]; /* the largest group: 16 Q8_0 blocks */
     _Static_assert(2 * sizeof(qt_block_q4_k) <= sizeof stored, "a Q4_K group fits");
+    _Static_assert(2 * sizeof(qt_block_q6_k) <= sizeof stored, "a Q6_K group fits");
     for (int64_t g = 0; g < n / QT_QK_X16; g++) {
         quantize(src + g * QT_QK_X16, stored, QT_QK_X16);
-        put(dst, g, stored);
+        put(dst, g, n, stored);
     }
 }
 
-static void q4_0_put(uint8_t *row, int64_t g, const uint8_t *stored)
+static void q4_0_put(uint8_t *row, int64_t g, int64_t n, const uint8_t *stored)
 {
+    (void)n;
     x16_put(row, g, sizeof(qt_block_q4_0x16), stored, sizeof(qt_block_q4_0), 4);
 }
 
-static void q8_0_put(uint8_t *row, int64_t g, const uint8_t *stored)
+static void q8_0_put(uint8_t *row, int64_t g, int64_t n, const uint8_t *stored)
 {
+    (void)n;
     x16_put(row, g, sizeof(qt_block_q8_0x16), stored, sizeof(qt_block_q8_0), 8);
 }
 
@@ -264,9 +297,12 @@ static inline int k16_code(const uint8_t *qs, int j, int e)
     return e < 16 ? q & 0x0f : q >> 4;
 }
 
-/* x16 block g of a row from its two Q4_K super-blocks. */
-static void k16_put(uint8_t *row, int64_t g, const uint8_t *stored)
+/* x16 block g of a row from its two Q4_K super-blocks; code bytes four at
+ * a time (dword k of one sub-block per step: byte by byte, this put was
+ * half of a Q4_K_M model's load time). */
+static void k16_put(uint8_t *row, int64_t g, int64_t n, const uint8_t *stored)
 {
+    (void)n;
     const qt_block_q4_k *a = (const qt_block_q4_k *)stored;
     uint8_t *qs = row + qt_x16_qs_at(g, sizeof(qt_block_q4_kx16));
     uint8_t *sa = row + qt_x16_d_at(g, sizeof(qt_block_q4_kx16));
@@ -280,12 +316,14 @@ static void k16_put(uint8_t *row, int64_t g, const uint8_t *stored)
         qt_k4_scale_min(sb->scales, s, &sc, &m);
         sa[8 + j] = (uint8_t)(sc | (m & 3) << 6);
         sa[24 + j % 8] |= (uint8_t)((m >> 2) << (4 * (j / 8)));
-        /* sub-block s: low (s even) or high nibbles of qs[32 (s / 2) ..] */
+        /* sub-block s: low (s even) or high nibbles of qs[32 (s / 2) ..];
+         * its codes e and e + 16 share a byte here */
         const uint8_t *q = sb->qs + 32 * (s / 2);
-        const int shift = 4 * (s % 2);
-        for (int i = 0; i < 16; i++) {
-            const int lo = (q[i] >> shift) & 15, hi = (q[i + 16] >> shift) & 15;
-            qs[64 * (i / 4) + 4 * j + i % 4] = (uint8_t)(lo | hi << 4);
+        for (int k = 0; k < 4; k++) {
+            const uint32_t lo = x16_load32(q + 4 * k), hi = x16_load32(q + 16 + 4 * k);
+            const uint32_t v = s % 2 ? ((lo >> 4) & 0x0f0f0f0fu) | (hi & 0xf0f0f0f0u)
+                                     : (lo & 0x0f0f0f0fu) | (hi & 0x0f0f0f0fu) << 4;
+            x16_store32(qs + 64 * k + 4 * j, v);
         }
     }
 }
@@ -335,6 +373,114 @@ void qt_q4_kx16_vec_dot(int64_t n, float *restrict s, const void *restrict x, co
             memcpy(&dy, &b[g].d[j], sizeof dy);
             memcpy(&ysum, &b[g].sum[j], sizeof ysum);
             sum += dy * (d * (float)sc * (float)sumi - dmin * (float)m * (float)ysum);
+        }
+    }
+    *s = sum;
+}
+
+/* ---- Q6_K x16 ---------------------------------------------------------- */
+
+/* Code e (0..31, 0..63 in value) of block j from an x16 block's codes. */
+static inline int q6x16_code(const uint8_t *qs, int j, int e)
+{
+    const int h = e / 16, k = (e % 16) / 4, b = e % 4;
+    const int lo = (qs[64 * k + 4 * j + b] >> (4 * h)) & 15;
+    const int hi = (qs[256 + 64 * h + 4 * j + b] >> (2 * k)) & 3;
+    return lo | hi << 4;
+}
+
+/* Half h of block j: d * scale, as Q6_K's to_float forms it. */
+static inline float q6x16_scale(const uint8_t *sc, int j, int h)
+{
+    uint16_t d;
+    memcpy(&d, sc + 32 + 2 * (j / 8), sizeof d);
+    return qt_fp16_decode(d) * (float)(int8_t)sc[16 * h + j];
+}
+
+/* The 256 codes (0..63) of a Q6_K super-block in element order, whole
+ * bytes at a time (per qt_q6_k_code's layout; the repack of a model's Q6_K
+ * matrices took ~0.4 s longer code by code). */
+static void q6_k_codes(const qt_block_q6_k *b, uint8_t q[QT_QK_K])
+{
+    for (int c = 0; c < 2; c++) {
+        const uint8_t *ql = b->ql + 64 * c, *qh = b->qh + 32 * c;
+        uint8_t *o = q + 128 * c;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (uint8_t)((ql[l] & 15) | (qh[l] & 3) << 4);
+            o[l + 32] = (uint8_t)((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4);
+            o[l + 64] = (uint8_t)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4);
+            o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (qh[l] >> 6) << 4);
+        }
+    }
+}
+
+/* x16 block g of a row of n elements from its two Q6_K super-blocks. */
+static void q6x16_put(uint8_t *row, int64_t g, int64_t n, const uint8_t *stored)
+{
+    const qt_block_q6_k *a = (const qt_block_q6_k *)stored;
+    uint8_t *qs = row + qt_q6x16_qs_at(g), *sc = row + qt_q6x16_sc_at(g, n);
+    uint8_t q[QT_QK_X16];
+    q6_k_codes(&a[0], q);
+    q6_k_codes(&a[1], q + QT_QK_K);
+    for (int j = 0; j < 16; j++) {
+        const uint8_t *b = q + QT_QK * j;
+        for (int h = 0; h < 2; h++)
+            sc[16 * h + j] = (uint8_t)a[j / 8].scales[2 * (j % 8) + h];
+        /* four bytes (e = 0..3) at a time, as k16_put */
+        for (int k = 0; k < 4; k++)
+            x16_store32(qs + 64 * k + 4 * j,
+                        (x16_load32(b + 4 * k) & 0x0f0f0f0fu) | (x16_load32(b + 16 + 4 * k) & 0x0f0f0f0fu) << 4);
+        for (int h = 0; h < 2; h++) {
+            uint32_t top = 0;
+            for (int k = 0; k < 4; k++)
+                top |= ((x16_load32(b + 16 * h + 4 * k) >> 4) & 0x03030303u) << (2 * k);
+            x16_store32(qs + 256 + 64 * h + 4 * j, top);
+        }
+    }
+    memcpy(sc + 32, &a[0].d, sizeof a[0].d);
+    memcpy(sc + 34, &a[1].d, sizeof a[1].d);
+}
+
+void qt_q6_kx16_from_q6_k(const void *restrict src, void *restrict dst, int64_t n)
+{
+    x16_from_stored(q6x16_put, 2 * sizeof(qt_block_q6_k), src, dst, n);
+}
+
+void qt_q6_kx16_from_float(const float *restrict src, void *restrict dst, int64_t n)
+{
+    x16_quantize(q6x16_put, qt_q6_k_from_float, src, dst, n);
+}
+
+void qt_q6_kx16_to_float(const void *restrict src, float *restrict dst, int64_t n)
+{
+    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
+        const uint8_t *qs = (const uint8_t *)src + qt_q6x16_qs_at(g);
+        const uint8_t *sc = (const uint8_t *)src + qt_q6x16_sc_at(g, n);
+        for (int j = 0; j < 16; j++) {
+            float *out = dst + g * QT_QK_X16 + j * QT_QK;
+            for (int e = 0; e < QT_QK; e++)
+                out[e] = q6x16_scale(sc, j, e / 16) * (float)(q6x16_code(qs, j, e) - 32);
+        }
+    }
+}
+
+/* Per half block: dy * d scale * sum((code - 32) * y). */
+void qt_q6_kx16_vec_dot(int64_t n, float *restrict s, const void *restrict x, const void *restrict y)
+{
+    const qt_block_a8_x16 *b = y;
+    float sum = 0.0f;
+    for (int64_t g = 0; g < n / QT_QK_X16; g++) {
+        const uint8_t *qs = (const uint8_t *)x + qt_q6x16_qs_at(g);
+        const uint8_t *sc = (const uint8_t *)x + qt_q6x16_sc_at(g, n);
+        for (int j = 0; j < 16; j++) {
+            float dy;
+            memcpy(&dy, &b[g].d[j], sizeof dy);
+            for (int h = 0; h < 2; h++) {
+                int32_t sumi = 0;
+                for (int e = 16 * h; e < 16 * h + 16; e++)
+                    sumi += (q6x16_code(qs, j, e) - 32) * b[g].qs[64 * (e / 4) + 4 * j + e % 4];
+                sum += dy * (q6x16_scale(sc, j, h) * (float)sumi);
+            }
         }
     }
     *s = sum;

@@ -241,10 +241,11 @@ static void type_from_name_is_case_insensitive_and_rejects_unknown(void **state)
         /* in-memory layouts have names for messages, but users cannot ask for them */
         assert_int_equal(qt_type_from_name(name), t < QT_FILE_TYPE_COUNT ? t : -1);
     }
-    assert_int_equal(named, 24);
+    assert_int_equal(named, 25);
     assert_string_equal(qt_type_name(QT_Q4_0X16), "q4_0x16");
     assert_int_equal(qt_type_from_name("q4_0x16"), -1);
     assert_int_equal(qt_type_from_name("q4_kx16"), -1);
+    assert_int_equal(qt_type_from_name("q6_kx16"), -1);
     assert_string_equal(qt_type_name((qt_type)5), "?");
     assert_string_equal(qt_type_name(QT_TYPE_COUNT), "?");
     assert_string_equal(qt_impl_name(QT_IMPL_SCALAR), "scalar");
@@ -259,7 +260,8 @@ static void check_repack_keeps_every_value(qt_type from, qt_type to)
 {
     const int64_t n = 3 * 512;
     const size_t bytes = qt_row_bytes(from, n);
-    const int64_t block_elems = from == QT_Q4_K ? 256 : 32;
+    const int64_t block_elems = from == QT_Q4_K || from == QT_Q6_K ? 256 : 32;
+    const size_t d_at = from == QT_Q6_K ? 208 : 0; /* where a block's fp16 d is */
     const size_t block = qt_row_bytes(from, block_elems);
     assert_int_equal(qt_repack_type(from, n) == from || qt_repack_type(from, n) == to, true);
     assert_int_equal(qt_row_bytes(to, n), bytes);
@@ -273,7 +275,7 @@ static void check_repack_keeps_every_value(qt_type from, qt_type to)
     }
     for (int64_t b = 0; b < n / block_elems; b++) { /* finite scales (and Q4_K's dmin) */
         uint16_t h = qt_fp32_to_fp16(0.001f * (float)(b + 1) * (b % 2 ? -1.0f : 1.0f));
-        memcpy(src + block * (size_t)b, &h, 2);
+        memcpy(src + block * (size_t)b + d_at, &h, 2);
         if (from == QT_Q4_K) {
             h = qt_fp32_to_fp16(0.0003f * (float)(b + 2));
             memcpy(src + block * (size_t)b + 2, &h, 2);
@@ -295,6 +297,7 @@ static void x16_repacks_keep_every_value(void **state)
     check_repack_keeps_every_value(QT_Q4_0, QT_Q4_0X16);
     check_repack_keeps_every_value(QT_Q8_0, QT_Q8_0X16);
     check_repack_keeps_every_value(QT_Q4_K, QT_Q4_KX16);
+    check_repack_keeps_every_value(QT_Q6_K, QT_Q6_KX16);
 }
 
 /* The env var is read once per process, so ask a fresh copy of this binary. */

@@ -61,7 +61,7 @@ static const gemm_case cases[] = {
     { QT_Q4_0, 2048 }, { QT_Q4_0, 2080 }, { QT_Q8_0, 2080 },
     { QT_Q4_K, 2304 }, { QT_Q6_K, 2304 }, { QT_Q4_K, 256 },
     { QT_Q4_0X16, 2048 }, { QT_Q4_0X16, 5632 }, { QT_Q8_0X16, 2048 }, { QT_Q8_0X16, 5632 },
-    { QT_Q4_KX16, 2048 }, { QT_Q4_KX16, 5632 },
+    { QT_Q4_KX16, 2048 }, { QT_Q4_KX16, 5632 }, { QT_Q6_KX16, 2048 }, { QT_Q6_KX16, 5632 },
 };
 
 static void check_case(const gemm_case *gc)
@@ -183,7 +183,7 @@ static void blocked_gemm_is_exact_at_extreme_codes(void **state)
     (void)state;
     if (!qt_get_impl(QT_Q4_0, QT_IMPL_AVX512))
         skip();
-    const qt_type types[] = { QT_Q4_0, QT_Q8_0, QT_Q4_K, QT_Q6_K, QT_Q4_0X16, QT_Q8_0X16, QT_Q4_KX16 };
+    const qt_type types[] = { QT_Q4_0, QT_Q8_0, QT_Q4_K, QT_Q6_K, QT_Q4_0X16, QT_Q8_0X16, QT_Q4_KX16, QT_Q6_KX16 };
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const qt_type t = types[ti];
         const qt_traits *rv = qt_get_impl(t, QT_IMPL_AVX512), *rs = qt_get_impl(t, QT_IMPL_SCALAR);

@@ -191,6 +191,13 @@ static void fill_random_blocks(qt_type t, unsigned char *q, int64_t n, uint64_t 
     const qt_traits *r = qt_get_impl(t, QT_IMPL_SCALAR);
     int d_off, min_off;
     scale_fields(t, &d_off, &min_off);
+    if (t == QT_Q6_KX16) { /* int8 scales (any bytes), then the two fp16 d of each x16 block */
+        for (int64_t b = 0; b < n / 512; b++)
+            for (int j = 0; j < 2; j++)
+                wr16(q + 384 * (size_t)(n / 512) + 36 * (size_t)b + 32 + 2 * (size_t)j,
+                     qt_fp32_to_fp16((float)(rng_unit(&s) * 2.0 - 1.0) * 0.01f));
+        return;
+    }
     for (int64_t b = 0; b < n / (int64_t)r->block_elems; b++) {
         unsigned char *blk = q + (size_t)b * r->block_bytes;
         if (t == QT_Q4_0X16 || t == QT_Q8_0X16 || t == QT_Q4_KX16) {

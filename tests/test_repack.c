@@ -4,11 +4,11 @@
  *
  * A one-layer llama with rows of 512 and 1024 elements (whole x16 blocks,
  * so every matrix but the embedding table is repacked where the CPU has
- * the kernels) is written in Q4_0, Q8_0 and Q4_K, opened twice, with
+ * the kernels) is written in Q4_0, Q8_0, Q4_K and Q6_K, opened twice, with
  * OUTPOST_NO_REPACK=1 and without, and both run the same prompt batched and
  * token by token. For Q4_0 and Q8_0 the two differ only in the order float
  * sums are taken, so their logits agree to a small fraction of the logits'
- * spread. Q4_K as stored meets Q8_K activations (one scale per 256) and
+ * spread. Q4_K and Q6_K as stored meet Q8_K activations (one scale per 256) and
  * repacked meets A8 x16 (one per 32), so their logits differ by activation
  * rounding: both are compared with an F32 twin of the model (the same
  * weights dequantized), and the repacked logits must be as close to it as
@@ -233,12 +233,19 @@ static void q4_k_repacked_matches_stored(void **state)
     check_type(QT_Q4_K, QT_Q4_KX16);
 }
 
+static void q6_k_repacked_matches_stored(void **state)
+{
+    (void)state;
+    check_type(QT_Q6_K, QT_Q6_KX16);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(q4_0_repacked_matches_stored),
         cmocka_unit_test(q8_0_repacked_matches_stored),
         cmocka_unit_test(q4_k_repacked_matches_stored),
+        cmocka_unit_test(q6_k_repacked_matches_stored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,8 +13,8 @@
 #
 # Environment: THREADS (2), PP (128), TG (64), REPS (3), SHAPE (tinyllama-1.1b),
 # CTK (f16; or q8_0), WORK (a temporary directory; the models are ~0.6-1.2 GB
-# each, kept when WORK is given). OUTPOST_NO_REPACK=1 runs Q4_0, Q8_0 and
-# Q4_K matrices as stored instead of repacked (AVX-512 CPUs; see README).
+# each, kept when WORK is given). OUTPOST_NO_REPACK=1 runs Q4_0, Q8_0, Q4_K
+# and Q6_K matrices as stored instead of repacked (AVX-512 CPUs; see README).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$here/build}
