@@ -160,15 +160,16 @@ const float *eng_logits(const eng_ctx *c, int32_t i)
 
 typedef enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL } logits_mode;
 
-/* mm_run multiplies weights of one type and width together; a mixture (a
- * Q6_K attn_v beside Q4_K attn_q) runs as several calls. Every output is
- * the same dot product either way. */
+/* mm_run multiplies weights of one width and activation type together (a
+ * Q6_K attn_v beside Q4_K attn_q, both meeting Q8_K or both A8 x16); other
+ * mixtures run as several calls. Every output is the same dot product
+ * either way. */
 static int matmul(eng_ctx *c, const mm_job *jobs, int n_jobs, const float *x, int32_t n,
                   char err[256])
 {
     for (int i = 0; i < n_jobs;) {
         int j = i + 1;
-        while (j < n_jobs && jobs[j].w->type == jobs[i].w->type && jobs[j].w->ne0 == jobs[i].w->ne0)
+        while (j < n_jobs && mm_can_share(jobs[i].w, jobs[j].w))
             j++;
         int rc = mm_run(c->pool, &c->mm, jobs + i, j - i, x, n, err);
         if (rc)

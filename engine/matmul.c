@@ -25,6 +25,11 @@
  * across rows). Elsewhere a tile is MM_TILE_ROWS rows and each output is one
  * vec_dot call.
  *
+ * The jobs of one call share the input and its quantized form, so they may
+ * differ in weight type as long as their types meet the same activations
+ * (a Q6_K attn_v beside Q4_K attn_q and attn_k: one call, one hand-off to
+ * the threads, one quantization); each job tiles by its own kernel.
+ *
  * Tile boundaries depend only on the matrix, the batch size and the kernel,
  * never on the thread count, and each tile is computed whole by one thread
  * with the same arguments whichever thread it is (owner or thief), so the
@@ -55,10 +60,11 @@ typedef struct mm_task {
     const float *x;
     int32_t n;
     int64_t ne0;
-    const qt_traits *wt, *xt;
+    const qt_traits *wt[MM_MAX_JOBS]; /* each job's weight type */
+    int64_t tile_rows[MM_MAX_JOBS];   /* rows per tile, per job */
+    const qt_traits *xt;              /* the activations' type, common to all */
     const uint8_t *xq; /* quantized activations, or x itself for F32 */
     size_t xq_row_bytes;
-    int64_t tile_rows;  /* rows per tile */
     int64_t total_tiles;
     mm_range *ranges;   /* per thread, or NULL: static split */
 } mm_task;
@@ -72,10 +78,9 @@ static void mm_quantize(void *arg, int ith, int nth)
         t->xt->from_float(t->x + i * t->ne0, (uint8_t *)t->xq + i * t->xq_row_bytes, t->ne0);
 }
 
-/* Rows r0 .. r1 of w against every token. */
-static void mm_tile(const mm_task *t, const eng_w *w, float *y, int64_t r0, int64_t r1)
+/* Rows r0 .. r1 of w (type wt) against every token. */
+static void mm_tile(const mm_task *t, const qt_traits *wt, const eng_w *w, float *y, int64_t r0, int64_t r1)
 {
-    const qt_traits *wt = t->wt;
     const uint8_t *wr = w->data + (size_t)r0 * w->row_bytes;
     if (wt->gemm) {
         for (int32_t tok = 0; tok < t->n; tok += wt->gemm_cols) {
@@ -97,14 +102,14 @@ static void mm_tile(const mm_task *t, const eng_w *w, float *y, int64_t r0, int6
 /* Tile k (numbered across the jobs) of the task. */
 static void mm_tile_at(const mm_task *t, int64_t k)
 {
-    const int64_t R = t->tile_rows;
     for (int j = 0; j < t->n_jobs; j++) {
         const eng_w *w = t->jobs[j].w;
+        const int64_t R = t->tile_rows[j];
         int64_t tiles = (w->ne1 + R - 1) / R;
         if (k < tiles) {
             int64_t r0 = k * R;
             int64_t r1 = r0 + R < w->ne1 ? r0 + R : w->ne1;
-            mm_tile(t, w, t->jobs[j].y, r0, r1);
+            mm_tile(t, t->wt[j], w, t->jobs[j].y, r0, r1);
             return;
         }
         k -= tiles;
@@ -147,6 +152,11 @@ static void mm_compute(void *arg, int ith, int nth)
     }
 }
 
+bool mm_can_share(const eng_w *a, const eng_w *b)
+{
+    return a->ne0 == b->ne0 && qt_get(a->type)->vec_dot_type == qt_get(b->type)->vec_dot_type;
+}
+
 int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *x, int32_t n,
            char err[256])
 {
@@ -155,22 +165,23 @@ int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *
         return ENG_EUSAGE;
     }
     mm_task t = {.jobs = jobs, .n_jobs = n_jobs, .x = x, .n = n, .ne0 = jobs[0].w->ne0};
-    t.wt = qt_get(jobs[0].w->type);
-    t.tile_rows = t.wt->gemm ? t.wt->gemm_rows : MM_TILE_ROWS;
     for (int j = 0; j < n_jobs; j++) {
-        if (jobs[j].w->type != jobs[0].w->type || jobs[j].w->ne0 != t.ne0) {
-            snprintf(err, 256, "matmul: %s and %s differ in type or width", jobs[0].w->name,
+        if (!mm_can_share(jobs[0].w, jobs[j].w)) {
+            snprintf(err, 256, "matmul: %s and %s differ in width or activation type", jobs[0].w->name,
                      jobs[j].w->name);
             return ENG_EUSAGE;
         }
-        t.total_tiles += (jobs[j].w->ne1 + t.tile_rows - 1) / t.tile_rows;
+        t.wt[j] = qt_get(jobs[j].w->type);
+        t.tile_rows[j] = t.wt[j]->gemm ? t.wt[j]->gemm_rows : MM_TILE_ROWS;
+        t.total_tiles += (jobs[j].w->ne1 + t.tile_rows[j] - 1) / t.tile_rows[j];
     }
-    t.xt = qt_get(t.wt->vec_dot_type);
-    if (t.wt->vec_dot_type == QT_F32) {
+    const qt_type act = t.wt[0]->vec_dot_type;
+    t.xt = qt_get(act);
+    if (act == QT_F32) {
         t.xq = (const uint8_t *)x;
         t.xq_row_bytes = (size_t)t.ne0 * sizeof(float);
     } else {
-        t.xq_row_bytes = qt_row_bytes(t.wt->vec_dot_type, t.ne0);
+        t.xq_row_bytes = qt_row_bytes(act, t.ne0);
         size_t need = t.xq_row_bytes * (size_t)n;
         if (need > s->cap_bytes) {
             /* 64-byte aligned: activation loads on whole lines */

@@ -122,10 +122,11 @@ typedef struct mm_scratch {
     lora_set *lora; /* attached adapters, or NULL: mm_run ends with lora_apply */
 } mm_scratch;
 
-/* y = x W^T for up to 4 weights sharing the input x[n][ne0] (all jobs must
- * have the same ne0 and type). Rows are split across the pool's threads;
- * each output is computed by one thread, so results do not depend on the
- * thread count. */
+/* y = x W^T for up to 4 weights sharing the input x[n][ne0] (every pair
+ * of jobs must pass mm_can_share). Rows are split across the pool's
+ * threads; each output is computed by one thread, so results do not depend
+ * on the thread count. */
+bool mm_can_share(const eng_w *a, const eng_w *b); /* same ne0 and activation type */
 int mm_run(pool *p, mm_scratch *s, const mm_job *jobs, int n_jobs, const float *x, int32_t n,
            char err[256]);
 void mm_scratch_release(mm_scratch *s);

@@ -624,22 +624,54 @@ static void gemm_rows_declare_their_tile(void **state)
 
 /* ---- the matmul on top of the tiles ------------------------------------- */
 
+/* Jobs whose weights meet different activations (Q4_0: Q8_0, Q4_K: Q8_K)
+ * cannot share one quantized input: mm_run says so and computes nothing. */
+static void matmul_rejects_jobs_of_different_activation_types(void **state)
+{
+    (void)state;
+    const int64_t ne0 = 256;
+    unsigned char a[18 * 8] = { 0 }, b[144] = { 0 }; /* one row of Q4_0 and of Q4_K */
+    eng_w wa = { .name = "blk.0.attn_q.weight", .data = a, .type = QT_Q4_0, .ne0 = ne0, .ne1 = 1,
+                 .row_bytes = sizeof a };
+    eng_w wb = { .name = "blk.0.attn_v.weight", .data = b, .type = QT_Q4_K, .ne0 = ne0, .ne1 = 1,
+                 .row_bytes = sizeof b };
+    float x[256] = { 0 }, ya = 7.0f, yb = 7.0f;
+    mm_job jobs[2] = { { &wa, &ya }, { &wb, &yb } };
+    pool *p;
+    char err[256];
+    assert_int_equal(pool_new(&p, 2, err), 0);
+    mm_scratch sc = { 0 };
+    assert_false(mm_can_share(&wa, &wb));
+    assert_int_equal(mm_run(p, &sc, jobs, 2, x, 1, err), ENG_EUSAGE);
+    assert_non_null(strstr(err, "blk.0.attn_v.weight"));
+    assert_non_null(strstr(err, "activation type"));
+    assert_true(ya == 7.0f && yb == 7.0f);
+    mm_scratch_release(&sc);
+    pool_free(p);
+}
+
 /* Q4_0, Q8_0 and K-quant weights (several jobs of odd heights, as the
- * attention projections are) times batches of 1, 3, 17 and 37 tokens,
- * with 1, 2, 3 and 5 threads. */
+ * attention projections are; of mixed types, as Q4_K_M's Q4_K attn_q and
+ * attn_k beside a Q6_K attn_v are) times batches of 1, 3, 17 and 37
+ * tokens, with 1, 2, 3 and 5 threads. */
 static void matmul_is_thread_count_invariant_and_matches_scalar(void **state)
 {
     (void)state;
-    static const qt_type types[] = { QT_Q4_0, QT_Q8_0, QT_Q4_K, QT_Q6_K, QT_F16 };
+    enum { N_JOBS = 3, MAX_TOK = 37 };
+    static const qt_type cases[][N_JOBS] = {
+        { QT_Q4_0, QT_Q4_0, QT_Q4_0 }, { QT_Q8_0, QT_Q8_0, QT_Q8_0 }, { QT_Q4_K, QT_Q4_K, QT_Q4_K },
+        { QT_Q6_K, QT_Q6_K, QT_Q6_K }, { QT_F16, QT_F16, QT_F16 },     { QT_Q4_K, QT_Q4_K, QT_Q6_K },
+        { QT_Q4_KX16, QT_Q4_KX16, QT_Q6_KX16 },
+    };
     static const int32_t batches[] = { 1, 3, 17, 37 };
     static const int64_t heights[] = { 130, 67, 9 };
-    enum { N_JOBS = 3, MAX_TOK = 37 };
     const int64_t ne0 = 512;
-    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-        const qt_type t = types[ti];
-        const qt_traits *rs = qt_get_impl(t, QT_IMPL_SCALAR);
-        const qt_traits *ys = qt_get_impl(rs->vec_dot_type, QT_IMPL_SCALAR);
-        const size_t rb = qt_row_bytes(t, ne0), yb = qt_row_bytes(rs->vec_dot_type, ne0);
+    for (size_t ti = 0; ti < sizeof cases / sizeof cases[0]; ti++) {
+        const qt_type t = cases[ti][N_JOBS - 1]; /* named in messages */
+        const qt_traits *ys = qt_get_impl(qt_get_impl(t, QT_IMPL_SCALAR)->vec_dot_type, QT_IMPL_SCALAR);
+        const size_t yb = qt_row_bytes(ys->type, ne0);
+        const qt_traits *rsj[N_JOBS];
+        size_t rbj[N_JOBS];
         eng_w w[N_JOBS];
         unsigned char *wdata[N_JOBS];
         float *xf = malloc((size_t)MAX_TOK * ne0 * sizeof(float));
@@ -648,6 +680,9 @@ static void matmul_is_thread_count_invariant_and_matches_scalar(void **state)
         assert_true(xf && row && yq);
         fill_data(xf, MAX_TOK * ne0, 4242 + ti);
         for (int j = 0; j < N_JOBS; j++) {
+            const qt_traits *rs = rsj[j] = qt_get_impl(cases[ti][j], QT_IMPL_SCALAR);
+            const size_t rb = rbj[j] = qt_row_bytes(cases[ti][j], ne0);
+            assert_int_equal(rs->vec_dot_type, ys->type);
             wdata[j] = malloc(rb * (size_t)heights[j]);
             assert_non_null(wdata[j]);
             for (int64_t r = 0; r < heights[j]; r++) {
@@ -657,7 +692,7 @@ static void matmul_is_thread_count_invariant_and_matches_scalar(void **state)
             w[j] = (eng_w){ .id = j,
                             .name = "w",
                             .data = wdata[j],
-                            .type = t,
+                            .type = cases[ti][j],
                             .ne0 = ne0,
                             .ne1 = heights[j],
                             .row_bytes = rb };
@@ -698,12 +733,13 @@ static void matmul_is_thread_count_invariant_and_matches_scalar(void **state)
                 ys->from_float(xf + (size_t)tok * ne0, yq, ne0);
                 ys->to_float(yq, yd, ne0);
                 for (int j = 0; j < N_JOBS; j++) {
+                    const qt_traits *rs = rsj[j];
                     for (int64_t r = 0; r < heights[j]; r++) {
-                        const unsigned char *wr = wdata[j] + (size_t)r * rb;
+                        const unsigned char *wr = wdata[j] + (size_t)r * rbj[j];
                         float want;
                         rs->vec_dot(ne0, &want, wr, yq);
                         rs->to_float(wr, xd, ne0);
-                        double tol = 1e-5 * dot_magnitude(t, wr, yq, ne0, xd, yd) + 1e-6;
+                        double tol = 1e-5 * dot_magnitude(cases[ti][j], wr, yq, ne0, xd, yd) + 1e-6;
                         float got = first[j][(size_t)tok * (size_t)heights[j] + (size_t)r];
                         if (!(fabs((double)got - want) <= tol))
                             fail_msg("%s: %d tokens: job %d row %lld token %d: %.9g, scalar %.9g",
@@ -906,6 +942,7 @@ int main(void)
         cmocka_unit_test(gemm_tiles_of_every_shape_match_scalar_dots),
         cmocka_unit_test(gemm_decode_of_long_rows_matches_scalar_dots),
         cmocka_unit_test(matmul_is_thread_count_invariant_and_matches_scalar),
+        cmocka_unit_test(matmul_rejects_jobs_of_different_activation_types),
         cmocka_unit_test(simd_quantizers_are_bit_identical_to_scalar),
         cmocka_unit_test(simd_decoders_are_bit_identical_to_scalar),
         cmocka_unit_test(vector_exp_kernels_match_expf),
