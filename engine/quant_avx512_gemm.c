@@ -94,7 +94,7 @@
 
 #define BG_ROWS QT_AVX512_BGEMM_ROWS
 #define BG_COLS QT_AVX512_BGEMM_COLS
-#define BG_KC 32 /* legacy blocks per chunk: W is 20 KiB per row group, the panel 55 KiB */
+#define BG_KC 32 /* legacy blocks per chunk: W is 20 KiB per row group, the panel 72 KiB */
 #define BG_KKC 4 /* K super-blocks per chunk: W is 21 KiB (Q4_K) */
 #define BG_NT 8  /* tokens per register tile */
 #define BG_MIN_TOKENS 8
