@@ -296,6 +296,29 @@ static inline __attribute__((always_inline)) void bg_transpose16x16(__m512i v[16
  * k of 16 blocks (lane = block); a 16 x 16 transpose makes it lane = row,
  * block by block, which is what the tiles want. The scales likewise, as
  * floats. kb and nkb are multiples of 16 (rows of whole x16 blocks). */
+/* An x16 block's scales decoded per row into two vectors (lane = block),
+ * k16_scales or q6_scales, turned lane = row by two transposes into W's
+ * d and m for blocks 16 g .. 16 g + 15. */
+typedef void (*bg_scales_fn)(const uint8_t *sc, __m512 *a, __m512 *b);
+static inline __attribute__((always_inline)) void bg_pack_scale_pairs(bg_wpack *wp, int g,
+                                                                      const uint8_t *const rows[16], size_t off,
+                                                                      bg_scales_fn scales)
+{
+    __m512i a[16], b[16];
+    for (int r = 0; r < 16; r++) {
+        __m512 x, y;
+        scales(rows[r] + off, &x, &y);
+        a[r] = _mm512_castps_si512(x);
+        b[r] = _mm512_castps_si512(y);
+    }
+    bg_transpose16x16(a);
+    bg_transpose16x16(b);
+    for (int j = 0; j < 16; j++) {
+        wp->d[16 * g + j] = _mm512_castsi512_ps(a[j]);
+        wp->m[16 * g + j] = _mm512_castsi512_ps(b[j]);
+    }
+}
+
 /* Q6_K x16 rows into W the same way: the code vectors and both top-bit
  * vectors transposed, then combined into 0..63 codes per row lane; the
  * scales as bg_pack_x16's, d * scale of each half (W's d and m). */
@@ -321,18 +344,7 @@ static inline __attribute__((always_inline)) void bg_pack_q6x16(bg_wpack *wp, co
                 wp->w[16 * g + j][k + 4] = q6_code(_mm512_srli_epi16(v[j], 4), q6_top(h1[j], k));
             }
         }
-        for (int r = 0; r < 16; r++) {
-            __m512 lo, hi;
-            q6_scales(rows[r] + so, &lo, &hi);
-            v[r] = _mm512_castps_si512(lo);
-            h0[r] = _mm512_castps_si512(hi);
-        }
-        bg_transpose16x16(v);
-        bg_transpose16x16(h0);
-        for (int j = 0; j < 16; j++) {
-            wp->d[16 * g + j] = _mm512_castsi512_ps(v[j]);
-            wp->m[16 * g + j] = _mm512_castsi512_ps(h0[j]);
-        }
+        bg_pack_scale_pairs(wp, g, rows, so, q6_scales);
     }
 }
 
@@ -368,20 +380,11 @@ static inline __attribute__((always_inline)) void bg_pack_x16(int kind, bg_wpack
             }
         }
         if (kind == BG_Q4_KX16) {
-            __m512i u[16];
-            for (int r = 0; r < 16; r++) {
-                __m512 ws, wm;
-                k16_scales(rows[r] + dof, &ws, &wm);
-                v[r] = _mm512_castps_si512(ws);
-                u[r] = _mm512_castps_si512(wm);
-            }
-            bg_transpose16x16(u);
-            for (int j = 0; j < 16; j++)
-                wp->m[16 * g + j] = _mm512_castsi512_ps(u[j]);
-        } else {
-            for (int r = 0; r < 16; r++)
-                v[r] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rows[r] + dof))));
+            bg_pack_scale_pairs(wp, g, rows, dof, k16_scales);
+            continue;
         }
+        for (int r = 0; r < 16; r++)
+            v[r] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rows[r] + dof))));
         bg_transpose16x16(v);
         for (int j = 0; j < 16; j++)
             wp->d[16 * g + j] = _mm512_castsi512_ps(v[j]);
