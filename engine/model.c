@@ -469,10 +469,10 @@ static int load_tensors(eng_model *m, char err[256])
  * (qt_repack_type: Q4_0, Q8_0, Q4_K and Q6_K on AVX-512 CPUs) are copied
  * once into one anonymous mapping, row by row, and point there from then
  * on; the embedding table stays in place (rows of it are looked up as
- * stored, and a tied output head shares it). The mapped pages a matrix was copied from
- * are handed back to the kernel (MADV_DONTNEED: the file is still there to
- * read them from again), so peak memory grows by one matrix, not by all of
- * them. The copies are counted in repacked_bytes. The mapping is populated
+ * stored, and a tied output head shares it). The mapped pages a matrix
+ * was copied from are handed back to the kernel (MADV_DONTNEED: the file
+ * is still there to read them from again), so peak memory grows by one
+ * matrix, not by all of them. The copies are counted in repacked_bytes. The mapping is populated
  * in one call and each matrix's rows are split across the online cores: on
  * the virtual machine we measure on, first writes to fresh memory dominate
  * (0.7-0.9 s per 580 MB, from a plain memset), and the two together took

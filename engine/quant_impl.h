@@ -154,16 +154,6 @@ typedef struct QT_PACKED qt_block_q6_k {
     uint16_t d;
 } qt_block_q6_k;
 
-/* Code e of a Q6_K super-block, 0..63 (the value is code - 32). */
-static inline int qt_q6_k_code(const qt_block_q6_k *b, int e)
-{
-    int c = e / 128, k = (e % 128) / 32, l = e % 32;
-    uint8_t lo = b->ql[64 * c + 32 * (k % 2) + l];
-    int low = k < 2 ? lo & 0xf : lo >> 4;
-    int high = (b->qh[32 * c + l] >> (2 * k)) & 3;
-    return low | high << 4;
-}
-
 /* ggml block_q8_K: activations for every K-quant dot. x = qs * d with d in
  * fp32; bsums[j] is the sum of qs[16 j .. 16 j + 15], which turns the
  * weights' mins and offsets into one short dot per super-block. */

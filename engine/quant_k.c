@@ -95,7 +95,11 @@ static inline int q5_k_code(const qt_block_q5_k *b, int e)
 /* -32..31 */
 static inline int q6_k_code(const qt_block_q6_k *b, int e)
 {
-    return qt_q6_k_code(b, e) - 32;
+    int c = e / 128, k = (e % 128) / 32, l = e % 32;
+    uint8_t lo = b->ql[64 * c + 32 * (k % 2) + l];
+    int low = k < 2 ? lo & 0xf : lo >> 4;
+    int high = (b->qh[32 * c + l] >> (2 * k)) & 3;
+    return (low | high << 4) - 32;
 }
 
 /* ---- scale searches (ggml's make_qkx2, make_q3 and make_qx quants) ----- */

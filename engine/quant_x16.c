@@ -398,7 +398,7 @@ static inline float q6x16_scale(const uint8_t *sc, int j, int h)
 }
 
 /* The 256 codes (0..63) of a Q6_K super-block in element order, whole
- * bytes at a time (per qt_q6_k_code's layout; the repack of a model's Q6_K
+ * bytes at a time (qt_block_q6_k's layout; the repack of a model's Q6_K
  * matrices took ~0.4 s longer code by code). */
 static void q6_k_codes(const qt_block_q6_k *b, uint8_t q[QT_QK_K])
 {
