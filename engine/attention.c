@@ -3,61 +3,73 @@
  *
  * Query token i of a batch sits at position n_past + i and attends to cache
  * positions max(0, pos - window + 1) .. pos (the whole prefix when window is
- * 0). Work is split across threads by (token, group of query heads sharing
- * one KV head): a work item reads each key and value row of its KV head
- * once for all its heads (a value row is converted to float once, not once
- * per head), which matters for prompts, where every token of the batch
- * reads the whole prefix. With too few items for the threads (decode, few
- * KV heads) items shrink to fewer heads, down to one.
+ * 0).
  *
- * Keys are scored ATT_CHUNK at a time with a running maximum and sum per
- * head (online softmax): each chunk's exponentials are taken against the
- * largest score so far, and the output and sum collected so far are
- * rescaled when the maximum grows. So scratch is a fixed ATT_MAX_HEADS x
- * ATT_CHUNK scores per thread whatever the context length, and a prompt
- * never materialises an n x n score matrix. Every output row is computed by
- * one thread in a fixed order, so the result does not depend on the thread
- * count.
+ * Work items are tiles of query rows: a block of consecutive tokens times a
+ * group of query heads sharing one KV head, at most ATT_ROWS rows (4 tokens
+ * x 8 heads for TinyLlama). An item converts each key and value row of its
+ * KV head to float once for all its rows, so a prompt pays one conversion
+ * per key per token block instead of one per token. Items shrink (fewer
+ * tokens, then fewer heads) while there are too few of them for the
+ * threads (decode, short prompts), and are taken in token-block order 0,
+ * last, 1, last - 1, ... so that a thread's contiguous range of items holds
+ * early tokens (few keys) and late ones (many) alike.
  *
- * Keys and values are read through the cache type's row of the qt_ table:
- * the query is converted to the key type's vec_dot_type (F16 for an F16
- * cache, Q8_0 blocks for a Q8_0 cache), so the score dot product is the same
- * kernel the weight matmuls use. Where the CPU has AVX-512 each chunk's key
- * rows are converted to float once per work item instead (like the values)
- * and scored against all the item's heads in one pass
- * (attn_scores_avx512: one load of a key row for up to 8 heads, instead of
- * a vec_dot call per head and key); the query meets them as the vec_dot
- * would see it (converted and back), so only the summation order differs.
- * The exponentials go through ops_exp_sum (a vector exp). Items are taken
- * in token order 0, n-1, 1, n-2, ... so that the split of a prompt across
- * threads is balanced (a late token reads more keys than an early one). Each chunk's value rows are converted to
- * float once per work item, and each head's output gathers them as a sum of
- * scaled rows vectorised across the head dimension (attn_accum: no float
- * reduction, so the compiler vectorises it without reassociating; on x86-64
- * a clone compiled for AVX2 is used when the CPU has AVX2 and FMA, which
- * differs from the portable one at most by a multiply-add contracted into
- * an FMA, and one for AVX-512 that fuses every one).
+ * Keys go ATT_CHUNK at a time, chunks aligned to absolute cache positions,
+ * with a running maximum and sum per row (online softmax): a chunk's
+ * exponentials are taken against the largest score so far, and the output
+ * and sum collected so far are rescaled when the maximum grows. Scratch is
+ * a fixed chunk of scores, keys and values per thread whatever the context
+ * length, and a prompt never materialises an n x n score matrix.
+ *
+ * Layouts, chosen so that nothing needs a horizontal sum: the item's
+ * queries are transposed once, qt[d][r] (row r = token t * heads + head);
+ * a chunk's keys are float rows kf[j][d]; its scores are sc[j][r]. Scores
+ * of 16 rows are one vector per key: qt's row d times the broadcast key
+ * element, d by d (attn_scores). The softmax steps run across rows too.
+ * Each row's output then gathers the value rows as a sum of scaled rows
+ * vectorised across the head dimension (attn_accum), over that row's own
+ * keys only.
+ *
+ * Determinism: every element of every step (score, maximum, exponential,
+ * sum, output) is computed by the same operations in the same order
+ * whichever item, lane or thread holds its row, and the chunks a row sees
+ * depend only on its position. So results depend neither on the thread
+ * count nor on how the rows were tiled (test_model checks the logits bit
+ * for bit across thread counts).
+ *
+ * The query meets the keys as the key type's vec_dot would see it
+ * (converted to its vec_dot_type and back: rounded to F16 for an F16 cache,
+ * Q8_0 codes times scale for a Q8_0 one), so the float scores differ from
+ * that dot product only in summation order.
  */
+#include <assert.h>
 #include <math.h>
 #include <string.h>
 
 #include "model_impl.h"
 #include "ops.h"
 
-#define ATT_CHUNK 128    /* keys scored per pass */
+#define ATT_CHUNK 64     /* keys per chunk; chunks start at multiples of it */
+#define ATT_ROWS 32      /* query rows (tokens x heads) per work item */
 #define ATT_MAX_HEADS 8  /* query heads per work item */
 
-/* out[d] += sum over j of p[j] v[j][d], j < c, d < hd. Defined twice on
- * x86-64: portable, and compiled for AVX2. */
+/* For each of nrow rows (at most ATT_ACCUM_ROWS) that see the same keys:
+ * out[i][d] += sum over j < c of p[i][j * ps] v[j][d], d < hd, j in order.
+ * Defined twice on x86-64: portable, and compiled for AVX2 and FMA. */
+#define ATT_ACCUM_ROWS 4
 #define ATT_ACCUM(SUFFIX, ATTR)                                                                    \
-    ATTR static void attn_accum##SUFFIX(float *restrict out, const float *restrict p,              \
-                                        const float *restrict v, int32_t hd, int32_t c)            \
+    ATTR static void attn_accum##SUFFIX(float *const *out, const float *const *p, int nrow,         \
+                                        size_t ps, const float *restrict v, int32_t hd, int32_t c) \
     {                                                                                              \
-        for (int32_t j = 0; j < c; j++) {                                                          \
-            const float pj = p[j];                                                                 \
-            const float *vr = v + (size_t)j * hd;                                                  \
-            for (int32_t d = 0; d < hd; d++)                                                       \
-                out[d] += pj * vr[d];                                                              \
+        for (int i = 0; i < nrow; i++) {                                                           \
+            float *restrict o = out[i];                                                            \
+            for (int32_t j = 0; j < c; j++) {                                                      \
+                const float pj = p[i][(size_t)j * ps];                                             \
+                const float *vr = v + (size_t)j * hd;                                              \
+                for (int32_t d = 0; d < hd; d++)                                                   \
+                    o[d] += pj * vr[d];                                                            \
+            }                                                                                      \
         }                                                                                          \
     }
 
@@ -67,58 +79,217 @@ ATT_ACCUM(_c, )
 ATT_ACCUM(_avx2, __attribute__((target("avx2,fma"))))
 #endif
 
-typedef void (*attn_accum_fn)(float *restrict, const float *restrict, const float *restrict, int32_t,
-                              int32_t);
+typedef void (*attn_accum_fn)(float *const *, const float *const *, int, size_t, const float *restrict,
+                              int32_t, int32_t);
+
+/* One chunk's softmax step for rows r < nr, whose keys of the chunk are
+ * ra[r] <= j < rb[r] (of j0 <= j < j1): scores scaled (and soft-capped),
+ * each row's maximum raised to its largest score (the output and sum it
+ * has so far rescaled), its scores turned into exp(score - maximum) and
+ * their sum added to sum[r]. Loops run across rows, so they vectorise;
+ * every element's arithmetic is the same in any lane (selects, no
+ * reassociation). Keys outside a row's range stay out of its sums.
+ * Defined twice on x86-64: portable, and compiled for AVX-512. */
+#define ATT_SOFTMAX(SUFFIX, ATTR)                                                                  \
+    ATTR static void attn_softmax##SUFFIX(float *restrict sc, int32_t nr, int32_t j0, int32_t j1, \
+                                          const int32_t *ra, const int32_t *rb, float scale,       \
+                                          float softcap, float *max, double *sum,                  \
+                                          float *const *out, int32_t hd)                           \
+    {                                                                                              \
+        float cmax[ATT_ROWS];                                                                      \
+        for (int32_t r = 0; r < nr; r++)                                                           \
+            cmax[r] = max[r];                                                                      \
+        for (int32_t j = j0; j < j1; j++) {                                                        \
+            float *restrict s = sc + (size_t)j * ATT_ROWS;                                         \
+            for (int32_t r = 0; r < nr; r++)                                                       \
+                s[r] *= scale;                                                                     \
+            if (softcap > 0)                                                                       \
+                for (int32_t r = 0; r < nr; r++)                                                   \
+                    s[r] = softcap * tanhf(s[r] / softcap);                                        \
+            for (int32_t r = 0; r < nr; r++)                                                       \
+                cmax[r] = j >= ra[r] && j < rb[r] && s[r] > cmax[r] ? s[r] : cmax[r];              \
+        }                                                                                          \
+        for (int32_t r = 0; r < nr; r++)                                                           \
+            if (cmax[r] > max[r]) {                                                                \
+                if (max[r] != -INFINITY) {                                                         \
+                    const float f = expf(max[r] - cmax[r]);                                        \
+                    for (int32_t d = 0; d < hd; d++)                                               \
+                        out[r][d] *= f;                                                            \
+                    sum[r] *= f;                                                                   \
+                }                                                                                  \
+                max[r] = cmax[r];                                                                  \
+            }                                                                                      \
+        for (int32_t j = j0; j < j1; j++) {                                                        \
+            float *restrict s = sc + (size_t)j * ATT_ROWS;                                         \
+            for (int32_t r = 0; r < nr; r++)                                                       \
+                s[r] = j >= ra[r] && j < rb[r] ? s[r] - max[r] : 0.0f;                             \
+        }                                                                                          \
+        ops_exp(sc + (size_t)j0 * ATT_ROWS, (int64_t)(j1 - j0) * ATT_ROWS);                        \
+        float csum[ATT_ROWS]; /* the chunk's part in float, the running sum in double */          \
+        for (int32_t r = 0; r < nr; r++)                                                           \
+            csum[r] = 0.0f;                                                                        \
+        for (int32_t j = j0; j < j1; j++) {                                                        \
+            const float *restrict s = sc + (size_t)j * ATT_ROWS;                                   \
+            for (int32_t r = 0; r < nr; r++)                                                       \
+                csum[r] += j >= ra[r] && j < rb[r] ? s[r] : 0.0f;                                  \
+        }                                                                                          \
+        for (int32_t r = 0; r < nr; r++)                                                           \
+            sum[r] += (double)csum[r];                                                             \
+    }
+
+ATT_SOFTMAX(_c, )
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+ATT_SOFTMAX(_avx512, __attribute__((target("avx512f"))))
+#endif
+
+typedef void (*attn_softmax_fn)(float *restrict, int32_t, int32_t, int32_t, const int32_t *,
+                                const int32_t *, float, float, float *, double *, float *const *,
+                                int32_t);
+
+/* sc[j][r] = sum over d < hd of k[j][d] qt[d][r], for r < nr (at least;
+ * a kernel may fill lanes up to a multiple of 16, qt being zero there) and
+ * j0 <= j < j1. Portable: each score accumulates d by d. */
+typedef void (*attn_scores_fn)(float *restrict, const float *restrict, const float *restrict, int32_t,
+                               int32_t, int32_t, int32_t);
+
+static void attn_scores_c(float *restrict sc, const float *restrict qt, const float *restrict k,
+                          int32_t nr, int32_t hd, int32_t j0, int32_t j1)
+{
+    for (int32_t j = j0; j < j1; j++) {
+        float *s = sc + (size_t)j * ATT_ROWS;
+        const float *kr = k + (size_t)j * hd;
+        for (int32_t r = 0; r < nr; r++)
+            s[r] = 0.0f;
+        for (int32_t d = 0; d < hd; d++)
+            for (int32_t r = 0; r < nr; r++)
+                s[r] += kr[d] * qt[(size_t)d * ATT_ROWS + r];
+    }
+}
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define ATT_HAVE_AVX512 1
-/* sc[h][j] = q[h] . k[j] for h < hg, j < c: each key row is loaded once for
- * all the item's heads, 16 dims per FMA, one horizontal sum per score. */
-__attribute__((target("avx512f"))) static void attn_scores_avx512(float *restrict sc, const float *restrict q,
-                                                                   const float *restrict k, int32_t hg,
-                                                                   int32_t hd, int32_t c)
+/* attn_scores for AVX-512: four keys at a time against both 16-row halves
+ * of qt (eight accumulators); per d, two loads of qt and four broadcast key
+ * elements feed eight FMAs. Each score is the same chain of FMAs, d by d,
+ * whatever its key's place in the group of four. Items of up to 16 rows
+ * (decode) take attn_scores16. */
+__attribute__((target("avx512f"))) static void attn_scores16(float *restrict sc, const float *restrict qt,
+                                                              const float *restrict k, int32_t hd, int32_t j0,
+                                                              int32_t j1)
 {
-    for (int32_t j = 0; j < c; j++) {
-        const float *kr = k + (size_t)j * hd;
-        __m512 acc[ATT_MAX_HEADS];
-        for (int32_t h = 0; h < hg; h++)
-            acc[h] = _mm512_setzero_ps();
-        for (int32_t d = 0; d < hd; d += 16) {
-            const __mmask16 m = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1u);
-            const __m512 kv = _mm512_maskz_loadu_ps(m, kr + d);
-            for (int32_t h = 0; h < hg; h++)
-                acc[h] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + (size_t)h * hd + d), kv, acc[h]);
+    int32_t j = j0;
+    for (; j + 4 <= j1; j += 4) {
+        const float *k0 = k + (size_t)j * hd;
+        __m512 a[4];
+        for (int i = 0; i < 4; i++)
+            a[i] = _mm512_setzero_ps();
+        for (int32_t d = 0; d < hd; d++) {
+            const __m512 q0 = _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS);
+            for (int i = 0; i < 4; i++)
+                a[i] = _mm512_fmadd_ps(_mm512_set1_ps(k0[(size_t)i * hd + d]), q0, a[i]);
         }
-        for (int32_t h = 0; h < hg; h++)
-            sc[h * ATT_CHUNK + j] = _mm512_reduce_add_ps(acc[h]);
+        for (int i = 0; i < 4; i++)
+            _mm512_storeu_ps(sc + (size_t)(j + i) * ATT_ROWS, a[i]);
+    }
+    for (; j < j1; j++) {
+        const float *kr = k + (size_t)j * hd;
+        __m512 a0 = _mm512_setzero_ps();
+        for (int32_t d = 0; d < hd; d++)
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(kr[d]), _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS), a0);
+        _mm512_storeu_ps(sc + (size_t)j * ATT_ROWS, a0);
     }
 }
 
-/* attn_accum with the head's outputs held in up to four zmm (64 dims) while
- * the chunk's value rows stream past: each output element gets the
+__attribute__((target("avx512f"))) static void attn_scores_avx512(float *restrict sc, const float *restrict qt,
+                                                                   const float *restrict k, int32_t nr,
+                                                                   int32_t hd, int32_t j0, int32_t j1)
+{
+    _Static_assert(ATT_ROWS == 32, "two zmm of rows");
+    if (nr <= 16) {
+        attn_scores16(sc, qt, k, hd, j0, j1);
+        return;
+    }
+    int32_t j = j0;
+    for (; j + 4 <= j1; j += 4) {
+        const float *k0 = k + (size_t)j * hd;
+        __m512 a[4][2];
+        for (int i = 0; i < 4; i++)
+            a[i][0] = a[i][1] = _mm512_setzero_ps();
+        for (int32_t d = 0; d < hd; d++) {
+            const __m512 q0 = _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS);
+            const __m512 q1 = _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS + 16);
+            for (int i = 0; i < 4; i++) {
+                const __m512 kv = _mm512_set1_ps(k0[(size_t)i * hd + d]);
+                a[i][0] = _mm512_fmadd_ps(kv, q0, a[i][0]);
+                a[i][1] = _mm512_fmadd_ps(kv, q1, a[i][1]);
+            }
+        }
+        for (int i = 0; i < 4; i++) {
+            _mm512_storeu_ps(sc + (size_t)(j + i) * ATT_ROWS, a[i][0]);
+            _mm512_storeu_ps(sc + (size_t)(j + i) * ATT_ROWS + 16, a[i][1]);
+        }
+    }
+    for (; j < j1; j++) {
+        const float *kr = k + (size_t)j * hd;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (int32_t d = 0; d < hd; d++) {
+            const __m512 kv = _mm512_set1_ps(kr[d]);
+            a0 = _mm512_fmadd_ps(kv, _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS), a0);
+            a1 = _mm512_fmadd_ps(kv, _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS + 16), a1);
+        }
+        _mm512_storeu_ps(sc + (size_t)j * ATT_ROWS, a0);
+        _mm512_storeu_ps(sc + (size_t)j * ATT_ROWS + 16, a1);
+    }
+}
+
+/* attn_accum with the rows' outputs held in zmm (64 dims of up to four
+ * rows: sixteen independent FMA chains) while the value rows stream past,
+ * each loaded once for all the rows: every output element gets the
  * multiply-adds of attn_accum_c in the same order, each fused into one FMA.
- * Against the AVX2 clone: 2.9% -> 1.7% of the samples of TinyLlama Q4_0 prompts
- * (perf, 128 tokens, two threads). */
-__attribute__((target("avx512f"))) static void attn_accum_avx512(float *restrict out, const float *restrict p,
-                                                                  const float *restrict v, int32_t hd, int32_t c)
+ * NROW is a constant in each instance, so the accumulators stay in
+ * registers. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+attn_accum_rows(float *const *out, const float *const *p, const int nrow, size_t ps, const float *restrict v,
+                int32_t hd, int32_t c)
 {
     for (int32_t d0 = 0; d0 < hd; d0 += 64) {
         __mmask16 m[4];
-        __m512 acc[4];
+        __m512 acc[ATT_ACCUM_ROWS][4];
         for (int k = 0; k < 4; k++) {
             const int32_t lanes = hd - d0 - 16 * k;
             m[k] = lanes >= 16 ? (__mmask16)0xffff : lanes > 0 ? (__mmask16)((1u << lanes) - 1u) : 0;
-            acc[k] = _mm512_maskz_loadu_ps(m[k], out + d0 + 16 * k);
         }
-        for (int32_t j = 0; j < c; j++) {
-            const __m512 pj = _mm512_set1_ps(p[j]);
-            const float *vr = v + (size_t)j * hd + d0;
+        for (int i = 0; i < nrow; i++)
             for (int k = 0; k < 4; k++)
-                acc[k] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m[k], vr + 16 * k), acc[k]);
+                acc[i][k] = _mm512_maskz_loadu_ps(m[k], out[i] + d0 + 16 * k);
+        for (int32_t j = 0; j < c; j++) {
+            const float *vr = v + (size_t)j * hd + d0;
+            __m512 vk[4];
+            for (int k = 0; k < 4; k++)
+                vk[k] = _mm512_maskz_loadu_ps(m[k], vr + 16 * k);
+            for (int i = 0; i < nrow; i++) {
+                const __m512 pj = _mm512_set1_ps(p[i][(size_t)j * ps]);
+                for (int k = 0; k < 4; k++)
+                    acc[i][k] = _mm512_fmadd_ps(pj, vk[k], acc[i][k]);
+            }
         }
-        for (int k = 0; k < 4; k++)
-            _mm512_mask_storeu_ps(out + d0 + 16 * k, m[k], acc[k]);
+        for (int i = 0; i < nrow; i++)
+            for (int k = 0; k < 4; k++)
+                _mm512_mask_storeu_ps(out[i] + d0 + 16 * k, m[k], acc[i][k]);
+    }
+}
+
+__attribute__((target("avx512f"))) static void attn_accum_avx512(float *const *out, const float *const *p,
+                                                                  int nrow, size_t ps, const float *restrict v,
+                                                                  int32_t hd, int32_t c)
+{
+    _Static_assert(ATT_ACCUM_ROWS == 4, "one case per row count");
+    switch (nrow) {
+    case 4: attn_accum_rows(out, p, 4, ps, v, hd, c); break;
+    case 3: attn_accum_rows(out, p, 3, ps, v, hd, c); break;
+    case 2: attn_accum_rows(out, p, 2, ps, v, hd, c); break;
+    default: attn_accum_rows(out, p, 1, ps, v, hd, c); break;
     }
 }
 #endif
@@ -128,141 +299,166 @@ typedef struct attn_task {
     const attn_params *a;
     float *scratch;
     size_t scratch_per_thread;
-    int32_t heads_per_item; /* divides n_head / n_head_kv, at most ATT_MAX_HEADS */
+    int32_t heads_per_item;  /* divides n_head / n_head_kv, at most ATT_MAX_HEADS */
+    int32_t tokens_per_item; /* times heads_per_item at most ATT_ROWS */
+    attn_scores_fn scores;
+    attn_softmax_fn softmax;
     attn_accum_fn accum;
-    bool float_scores; /* keys to float per chunk, scores by attn_scores_avx512 */
 } attn_task;
+
+/* One item: tokens i0 .. i0 + nt, heads h0 .. h0 + hg of KV head kvh. */
+static void attn_item(const attn_task *t, float *scratch, int32_t i0, int32_t nt, int32_t h0)
+{
+    const attn_params *a = t->a;
+    const kv_cache *kv = t->kv;
+    const int32_t hd = a->head_dim, hg = t->heads_per_item, nr = nt * hg;
+    const int32_t kvh = h0 / (a->n_head / a->n_head_kv);
+    const qt_traits *kt = qt_get(kv->type);
+    const qt_traits *qtt = qt_get(kt->vec_dot_type);
+    const size_t head_bytes = qt_row_bytes(kv->type, hd);
+    /* scratch: scores [ATT_CHUNK][ATT_ROWS], keys and values [ATT_CHUNK][hd],
+     * queries transposed [hd][ATT_ROWS], one query row's conversion (hd
+     * floats of room: any conversion of q fits) */
+    float *sc = scratch;
+    float *kf = sc + (size_t)ATT_CHUNK * ATT_ROWS;
+    float *vf = kf + (size_t)ATT_CHUNK * hd;
+    float *qt = vf + (size_t)ATT_CHUNK * hd;
+    float *qroom = qt + (size_t)hd * ATT_ROWS;
+    float *out[ATT_ROWS];
+    int32_t lo[ATT_ROWS], hi[ATT_ROWS]; /* row r sees keys lo[r] .. hi[r] - 1 */
+    float max[ATT_ROWS];
+    double sum[ATT_ROWS];
+    assert(nr >= 1 && nr <= ATT_ROWS);
+
+    memset(qt, 0, (size_t)hd * ATT_ROWS * sizeof(float));
+    int32_t klo = INT32_MAX, khi = 0;
+    for (int32_t r = 0; r < nr; r++) {
+        const int32_t i = i0 + r / hg, h = h0 + r % hg;
+        const int32_t pos = a->n_past + i;
+        const float *q = a->q + (size_t)i * a->q_stride + (size_t)h * hd;
+        /* the query as the key type's dot meets it */
+        const float *qf = q;
+        if (kt->vec_dot_type != QT_F32) {
+            qtt->from_float(q, qroom, hd);
+            qtt->to_float(qroom, kf, hd); /* kf is free until the first chunk */
+            qf = kf;
+        }
+        for (int32_t d = 0; d < hd; d++)
+            qt[(size_t)d * ATT_ROWS + r] = qf[d];
+        out[r] = a->out + (size_t)i * a->out_stride + (size_t)h * hd;
+        memset(out[r], 0, (size_t)hd * sizeof(float));
+        lo[r] = a->window > 0 && pos - a->window + 1 > 0 ? pos - a->window + 1 : 0;
+        hi[r] = pos + 1;
+        max[r] = -INFINITY;
+        sum[r] = 0.0;
+        if (lo[r] < klo)
+            klo = lo[r];
+        if (hi[r] > khi)
+            khi = hi[r];
+    }
+
+    for (int32_t base = klo - klo % ATT_CHUNK; base < khi; base += ATT_CHUNK) {
+        /* keys base + j0 .. base + j1 - 1 are some row's */
+        const int32_t j0 = klo > base ? klo - base : 0;
+        const int32_t j1 = khi - base < ATT_CHUNK ? khi - base : ATT_CHUNK;
+        for (int32_t j = j0; j < j1; j++) {
+            const size_t off = (size_t)kvh * head_bytes;
+            kt->to_float(kv_k_row(kv, a->layer, base + j) + off, kf + (size_t)j * hd, hd);
+            kt->to_float(kv_v_row(kv, a->layer, base + j) + off, vf + (size_t)j * hd, hd);
+        }
+        t->scores(sc, qt, kf, nr, hd, j0, j1);
+
+        int32_t ra[ATT_ROWS], rb[ATT_ROWS];
+        for (int32_t r = 0; r < nr; r++) {
+            ra[r] = lo[r] - base > j0 ? lo[r] - base : j0;
+            rb[r] = hi[r] - base < j1 ? hi[r] - base : j1;
+        }
+        t->softmax(sc, nr, j0, j1, ra, rb, a->scale, a->softcap, max, sum, out, hd);
+        /* a token's rows (its heads) see the same keys: they gather the
+         * value rows together */
+        for (int32_t r = 0; r < nr;) {
+            int nrow = 1;
+            while (nrow < ATT_ACCUM_ROWS && r + nrow < nr && ra[r + nrow] == ra[r] && rb[r + nrow] == rb[r])
+                nrow++;
+            if (ra[r] < rb[r]) {
+                const float *p[ATT_ACCUM_ROWS];
+                for (int i = 0; i < nrow; i++)
+                    p[i] = sc + (size_t)ra[r] * ATT_ROWS + r + i;
+                t->accum(out + r, p, nrow, ATT_ROWS, vf + (size_t)ra[r] * hd, hd, rb[r] - ra[r]);
+            }
+            r += nrow;
+        }
+    }
+    for (int32_t r = 0; r < nr; r++) {
+        const float inv = (float)(1.0 / sum[r]);
+        for (int32_t d = 0; d < hd; d++)
+            out[r][d] *= inv;
+    }
+}
 
 static void attn_worker(void *arg, int ith, int nth)
 {
     const attn_task *t = arg;
     const attn_params *a = t->a;
-    const kv_cache *kv = t->kv;
-    const int32_t hd = a->head_dim, hg = t->heads_per_item;
-    const int32_t group = a->n_head / a->n_head_kv, items_per_token = a->n_head / hg;
-    const qt_traits *kt = qt_get(kv->type);
-    const qt_traits *qt = qt_get(kt->vec_dot_type);
-    const size_t head_bytes = qt_row_bytes(kv->type, hd);
-    /* scratch: scores [hg][ATT_CHUNK], values [ATT_CHUNK][hd], converted
-     * queries (hd floats of room each: any conversion of q fits), and with
-     * float_scores keys [ATT_CHUNK][hd] and the queries as floats [hg][hd] */
-    float *scores = t->scratch + (size_t)ith * t->scratch_per_thread;
-    float *vbuf = scores + (size_t)ATT_MAX_HEADS * ATT_CHUNK;
-    float *qroom = vbuf + (size_t)hd * ATT_CHUNK;
-    float *kbuf = qroom + (size_t)ATT_MAX_HEADS * hd;
-    float *qf = kbuf + (size_t)hd * ATT_CHUNK;
+    const int32_t tb = t->tokens_per_item, hg = t->heads_per_item;
+    const int32_t blocks = (a->n_tokens + tb - 1) / tb, per_block = a->n_head / hg;
+    float *scratch = t->scratch + (size_t)ith * t->scratch_per_thread;
     long b, e;
-    pool_range((long)a->n_tokens * items_per_token, ith, nth, &b, &e);
+    pool_range((long)blocks * per_block, ith, nth, &b, &e);
     for (long item = b; item < e; item++) {
-        /* items in token order 0, n-1, 1, n-2, ...: a token late in a prompt
-         * sees more keys, so each thread's contiguous range of items gets
-         * early and late tokens alike instead of the late half */
-        const int32_t slot = (int32_t)(item / items_per_token);
-        const int32_t i = slot % 2 == 0 ? slot / 2 : a->n_tokens - 1 - slot / 2;
-        const int32_t h0 = (int32_t)(item % items_per_token) * hg;
-        const int32_t kvh = h0 / group;
-        const int32_t pos = a->n_past + i;
-        const int32_t first = a->window > 0 && pos - a->window + 1 > 0 ? pos - a->window + 1 : 0;
-        const int32_t n_keys = pos - first + 1;
-        const void *qv[ATT_MAX_HEADS];
-        float *out[ATT_MAX_HEADS];
-        float max[ATT_MAX_HEADS];
-        double sum[ATT_MAX_HEADS];
-        for (int32_t h = 0; h < hg; h++) {
-            const float *q = a->q + (size_t)i * a->q_stride + (size_t)(h0 + h) * hd;
-            qv[h] = q;
-            if (kt->vec_dot_type != QT_F32) {
-                void *qc = qroom + (size_t)h * hd;
-                qt->from_float(q, qc, hd);
-                qv[h] = qc;
-            }
-            /* the query as the key type's dot meets it (rounded to F16, or
-             * Q8_0 codes times scale), so the float scores differ from the
-             * vec_dot ones only in summation order */
-            if (t->float_scores)
-                qt->to_float(qv[h], qf + (size_t)h * hd, hd);
-            out[h] = a->out + (size_t)i * a->out_stride + (size_t)(h0 + h) * hd;
-            memset(out[h], 0, (size_t)hd * sizeof(float));
-            max[h] = -INFINITY;
-            sum[h] = 0.0;
-        }
-        for (int32_t j0 = 0; j0 < n_keys; j0 += ATT_CHUNK) {
-            const int32_t c = n_keys - j0 < ATT_CHUNK ? n_keys - j0 : ATT_CHUNK;
-            for (int32_t j = 0; j < c; j++) {
-                const uint8_t *krow = kv_k_row(kv, a->layer, first + j0 + j) + (size_t)kvh * head_bytes;
-                if (t->float_scores)
-                    kt->to_float(krow, kbuf + (size_t)j * hd, hd);
-                else
-                    for (int32_t h = 0; h < hg; h++)
-                        kt->vec_dot(hd, &scores[h * ATT_CHUNK + j], krow, qv[h]);
-                kt->to_float(kv_v_row(kv, a->layer, first + j0 + j) + (size_t)kvh * head_bytes,
-                             vbuf + (size_t)j * hd, hd);
-            }
-#ifdef ATT_HAVE_AVX512
-            if (t->float_scores)
-                attn_scores_avx512(scores, qf, kbuf, hg, hd, c);
-#endif
-            for (int32_t h = 0; h < hg; h++)
-                for (int32_t j = 0; j < c; j++) {
-                    float s = scores[h * ATT_CHUNK + j] * a->scale;
-                    if (a->softcap > 0)
-                        s = a->softcap * tanhf(s / a->softcap);
-                    scores[h * ATT_CHUNK + j] = s;
-                }
-            for (int32_t h = 0; h < hg; h++) {
-                float *sc = scores + h * ATT_CHUNK;
-                float m = max[h];
-                for (int32_t j = 0; j < c; j++)
-                    if (sc[j] > m)
-                        m = sc[j];
-                if (m > max[h] && max[h] != -INFINITY) {
-                    const float f = expf(max[h] - m);
-                    for (int32_t d = 0; d < hd; d++)
-                        out[h][d] *= f;
-                    sum[h] *= f;
-                }
-                max[h] = m;
-                sum[h] += ops_exp_sum(sc, c, m);
-                t->accum(out[h], sc, vbuf, hd, c);
-            }
-        }
-        for (int32_t h = 0; h < hg; h++) {
-            const float inv = (float)(1.0 / sum[h]);
-            for (int32_t d = 0; d < hd; d++)
-                out[h][d] *= inv;
-        }
+        const int32_t slot = (int32_t)(item / per_block);
+        const int32_t blk = slot % 2 == 0 ? slot / 2 : blocks - 1 - slot / 2;
+        const int32_t i0 = blk * tb;
+        const int32_t nt = a->n_tokens - i0 < tb ? a->n_tokens - i0 : tb;
+        attn_item(t, scratch, i0, nt, (int32_t)(item % per_block) * hg);
     }
 }
 
 size_t attn_scratch_floats(int32_t n_ctx, int32_t head_dim)
 {
     (void)n_ctx; /* keys are taken ATT_CHUNK at a time */
-    return (size_t)ATT_MAX_HEADS * ATT_CHUNK + 2 * (size_t)head_dim * ATT_CHUNK +
-           2 * (size_t)ATT_MAX_HEADS * (size_t)head_dim + 16;
+    return (size_t)ATT_CHUNK * ATT_ROWS + 2 * (size_t)ATT_CHUNK * (size_t)head_dim +
+           (size_t)head_dim * ATT_ROWS + (size_t)head_dim + 16;
 }
 
 void attn_run(pool *p, const kv_cache *kv, float *scratch, const attn_params *a)
 {
     attn_task t = {.kv = kv, .a = a, .scratch = scratch,
                    .scratch_per_thread = attn_scratch_floats(kv->n_ctx, a->head_dim)};
-    /* As many heads per item as share a KV head (up to ATT_MAX_HEADS), halved
-     * while that leaves fewer than four items per thread. */
+    /* As many heads per item as share a KV head (up to ATT_MAX_HEADS) and as
+     * many tokens as fill ATT_ROWS; tokens, then heads, halved while that
+     * leaves fewer than four items per thread. */
     const int32_t group = a->n_head / a->n_head_kv;
     int32_t hg = 1;
     while (hg * 2 <= ATT_MAX_HEADS && group % (hg * 2) == 0)
         hg *= 2;
-    while (hg > 1 && (long)a->n_tokens * (a->n_head / hg) < 4L * pool_threads(p))
-        hg /= 2;
+    int32_t tb = ATT_ROWS / hg < a->n_tokens ? ATT_ROWS / hg : a->n_tokens;
+    for (;;) {
+        const long items = (long)((a->n_tokens + tb - 1) / tb) * (a->n_head / hg);
+        if (items >= 4L * pool_threads(p))
+            break;
+        if (tb > 1)
+            tb /= 2;
+        else if (hg > 1)
+            hg /= 2;
+        else
+            break;
+    }
     t.heads_per_item = hg;
+    t.tokens_per_item = tb;
+    t.scores = attn_scores_c;
+    t.softmax = attn_softmax_c;
     t.accum = attn_accum_c;
 #ifdef ATT_HAVE_AVX2
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         t.accum = attn_accum_avx2;
 #endif
 #ifdef ATT_HAVE_AVX512
-    t.float_scores = __builtin_cpu_supports("avx512f");
-    if (t.float_scores)
+    if (__builtin_cpu_supports("avx512f")) {
+        t.scores = attn_scores_avx512;
+        t.softmax = attn_softmax_avx512;
         t.accum = attn_accum_avx512;
+    }
 #endif
     pool_run(p, attn_worker, &t);
 }

@@ -5,7 +5,7 @@
  * (where this work runs on one thread while the memory bus idles): the
  * FFN activation's exp, 5632 expf calls per layer, goes through an AVX-512
  * vector exp where the CPU has one (0.32 -> 0.12 ms per token, TinyLlama
- * shape; attention's softmax uses it too, ops_exp_sum), and RoPE's cos and
+ * shape; attention's softmax uses it too, ops_exp), and RoPE's cos and
  * sin are computed once per position per pass (ops_rope_table) instead of
  * once per layer (0.32 -> 0.14 ms per token with the KV stores). Sums are
  * accumulated in double where the vector length would otherwise cost
@@ -144,18 +144,12 @@ __attribute__((target("avx512f"))) static void swiglu_avx512(float *x, const flo
     }
 }
 
-__attribute__((target("avx512f"))) static double exp_sum_avx512(float *x, int64_t n, float sub)
+__attribute__((target("avx512f"))) static void exp_avx512(float *x, int64_t n)
 {
-    const __m512 vs = _mm512_set1_ps(sub);
-    __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vs));
-        e = _mm512_maskz_mov_ps(m, e);
-        _mm512_mask_storeu_ps(x + i, m, e);
-        acc = _mm512_add_ps(acc, e);
+        _mm512_mask_storeu_ps(x + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
     }
-    return (double)_mm512_reduce_add_ps(acc);
 }
 
 static bool ops_avx512(void)
@@ -181,18 +175,16 @@ void ops_swiglu(float *x, const float *y, int64_t n)
     ops_swiglu_ref(x, y, n);
 }
 
-double ops_exp_sum(float *x, int64_t n, float sub)
+void ops_exp(float *x, int64_t n)
 {
 #ifdef OPS_HAVE_AVX512
-    if (ops_avx512())
-        return exp_sum_avx512(x, n, sub);
-#endif
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - sub);
-        sum += x[i];
+    if (ops_avx512()) {
+        exp_avx512(x, n);
+        return;
     }
-    return sum;
+#endif
+    for (int64_t i = 0; i < n; i++)
+        x[i] = expf(x[i]);
 }
 
 void ops_geglu(float *x, const float *y, int64_t n)

@@ -42,9 +42,10 @@ void ops_softmax(float *x, int64_t n);
  * expf itself. */
 void ops_swiglu(float *x, const float *y, int64_t n);
 void ops_swiglu_ref(float *x, const float *y, int64_t n);
-/* x[i] = exp(x[i] - sub) for i < n; returns their sum (the vector exp of
- * ops_swiglu where there is one). */
-double ops_exp_sum(float *x, int64_t n, float sub);
+/* x[i] = exp(x[i]) for i < n, element by element: each result depends on
+ * its input only (the vector exp of ops_swiglu where there is one, expf
+ * elsewhere), not on n or i. */
+void ops_exp(float *x, int64_t n);
 /* x[i] = gelu(x[i]) * y[i], GELU in its tanh approximation (Gemma's
  * gelu_pytorch_tanh). */
 void ops_geglu(float *x, const float *y, int64_t n);
