@@ -124,7 +124,11 @@ typedef void (*attn_accum_fn)(float *const *, const float *const *, int, size_t,
             for (int32_t r = 0; r < nr; r++)                                                       \
                 s[r] = j >= ra[r] && j < rb[r] ? s[r] - max[r] : 0.0f;                             \
         }                                                                                          \
-        ops_exp(sc + (size_t)j0 * ATT_ROWS, (int64_t)(j1 - j0) * ATT_ROWS);                        \
+        if (nr == ATT_ROWS) /* else only the rows' lanes (decode has a few) */                    \
+            ops_exp(sc + (size_t)j0 * ATT_ROWS, (int64_t)(j1 - j0) * ATT_ROWS);                    \
+        else                                                                                       \
+            for (int32_t j = j0; j < j1; j++)                                                      \
+                ops_exp(sc + (size_t)j * ATT_ROWS, nr);                                            \
         float csum[ATT_ROWS]; /* the chunk's part in float, the running sum in double */          \
         for (int32_t r = 0; r < nr; r++)                                                           \
             csum[r] = 0.0f;                                                                        \
