@@ -35,8 +35,8 @@
  * sum, output) is computed by the same operations in the same order
  * whichever item, lane or thread holds its row, and the chunks a row sees
  * depend only on its position. So results depend neither on the thread
- * count nor on how the rows were tiled (test_model checks the logits bit
- * for bit across thread counts).
+ * count nor on how the rows were tiled (test_attention checks both bit for
+ * bit, test_model the logits across thread counts).
  *
  * The query meets the keys as the key type's vec_dot would see it
  * (converted to its vec_dot_type and back: rounded to F16 for an F16 cache,
