@@ -29,7 +29,13 @@
  * element, d by d (attn_scores). The softmax steps run across rows too.
  * Each row's output then gathers the value rows as a sum of scaled rows
  * vectorised across the head dimension (attn_accum), over that row's own
- * keys only.
+ * keys only, the rows of one token (same keys) four at a time so that each
+ * value row is loaded once for them.
+ *
+ * Against items of one token (each converting its whole prefix, scores by
+ * horizontal sums), TinyLlama-shaped Q4_0 prefill on two threads, three
+ * alternated runs: 512 tokens 290 -> 345 tok/s, 128 tokens 338 -> 407
+ * (attention fell from ~29% of a 512-token prefill to ~9%).
  *
  * Determinism: every element of every step (score, maximum, exponential,
  * sum, output) is computed by the same operations in the same order
