@@ -35,7 +35,7 @@
  * Against items of one token (each converting its whole prefix, scores by
  * horizontal sums), TinyLlama-shaped Q4_0 prefill on two threads, three
  * alternated runs: 512 tokens 290 -> 345 tok/s, 128 tokens 338 -> 407
- * (attention fell from ~29% of a 512-token prefill to ~9%).
+ * (attention fell from ~26% of a 512-token prefill's samples to ~9%).
  *
  * Determinism: every element of every step (score, maximum, exponential,
  * sum, output) is computed by the same operations in the same order
