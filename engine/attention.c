@@ -179,36 +179,35 @@ static void attn_scores_c(float *restrict sc, const float *restrict qt, const fl
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define ATT_HAVE_AVX512 1
-/* attn_scores for AVX-512: four keys at a time against both 16-row halves
- * of qt (eight accumulators); per d, two loads of qt and four broadcast key
- * elements feed eight FMAs. Each score is the same chain of FMAs, d by d,
- * whatever its key's place in the group of four. Items of up to 16 rows
- * (decode) take attn_scores16. */
-__attribute__((target("avx512f"))) static void attn_scores16(float *restrict sc, const float *restrict qt,
-                                                              const float *restrict k, int32_t hd, int32_t j0,
-                                                              int32_t j1)
+/* attn_scores for AVX-512: keys four at a time against the 16-row vectors
+ * of qt that hold rows (one for decode's items of up to 16 rows, both
+ * otherwise: eight accumulators); per d, a load of each qt vector and four
+ * broadcast key elements feed the FMAs. Each score is the same chain of
+ * FMAs, d by d, whatever its key's place in a group and however many
+ * vectors there are. NKEYS and NV are constants in each instance, so the
+ * accumulators stay in registers. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+attn_scores_keys(float *restrict sc, const float *restrict qt, const float *restrict k, int32_t hd, int32_t j,
+                 const int nkeys, const int nv)
 {
-    int32_t j = j0;
-    for (; j + 4 <= j1; j += 4) {
-        const float *k0 = k + (size_t)j * hd;
-        __m512 a[4];
-        for (int i = 0; i < 4; i++)
-            a[i] = _mm512_setzero_ps();
-        for (int32_t d = 0; d < hd; d++) {
-            const __m512 q0 = _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS);
-            for (int i = 0; i < 4; i++)
-                a[i] = _mm512_fmadd_ps(_mm512_set1_ps(k0[(size_t)i * hd + d]), q0, a[i]);
+    const float *k0 = k + (size_t)j * hd;
+    __m512 a[4][2];
+    for (int i = 0; i < nkeys; i++)
+        for (int v = 0; v < nv; v++)
+            a[i][v] = _mm512_setzero_ps();
+    for (int32_t d = 0; d < hd; d++) {
+        __m512 q[2];
+        for (int v = 0; v < nv; v++)
+            q[v] = _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS + 16 * v);
+        for (int i = 0; i < nkeys; i++) {
+            const __m512 kv = _mm512_set1_ps(k0[(size_t)i * hd + d]);
+            for (int v = 0; v < nv; v++)
+                a[i][v] = _mm512_fmadd_ps(kv, q[v], a[i][v]);
         }
-        for (int i = 0; i < 4; i++)
-            _mm512_storeu_ps(sc + (size_t)(j + i) * ATT_ROWS, a[i]);
     }
-    for (; j < j1; j++) {
-        const float *kr = k + (size_t)j * hd;
-        __m512 a0 = _mm512_setzero_ps();
-        for (int32_t d = 0; d < hd; d++)
-            a0 = _mm512_fmadd_ps(_mm512_set1_ps(kr[d]), _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS), a0);
-        _mm512_storeu_ps(sc + (size_t)j * ATT_ROWS, a0);
-    }
+    for (int i = 0; i < nkeys; i++)
+        for (int v = 0; v < nv; v++)
+            _mm512_storeu_ps(sc + (size_t)(j + i) * ATT_ROWS + 16 * v, a[i][v]);
 }
 
 __attribute__((target("avx512f"))) static void attn_scores_avx512(float *restrict sc, const float *restrict qt,
@@ -216,40 +215,17 @@ __attribute__((target("avx512f"))) static void attn_scores_avx512(float *restric
                                                                    int32_t hd, int32_t j0, int32_t j1)
 {
     _Static_assert(ATT_ROWS == 32, "two zmm of rows");
-    if (nr <= 16) {
-        attn_scores16(sc, qt, k, hd, j0, j1);
-        return;
-    }
     int32_t j = j0;
-    for (; j + 4 <= j1; j += 4) {
-        const float *k0 = k + (size_t)j * hd;
-        __m512 a[4][2];
-        for (int i = 0; i < 4; i++)
-            a[i][0] = a[i][1] = _mm512_setzero_ps();
-        for (int32_t d = 0; d < hd; d++) {
-            const __m512 q0 = _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS);
-            const __m512 q1 = _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS + 16);
-            for (int i = 0; i < 4; i++) {
-                const __m512 kv = _mm512_set1_ps(k0[(size_t)i * hd + d]);
-                a[i][0] = _mm512_fmadd_ps(kv, q0, a[i][0]);
-                a[i][1] = _mm512_fmadd_ps(kv, q1, a[i][1]);
-            }
-        }
-        for (int i = 0; i < 4; i++) {
-            _mm512_storeu_ps(sc + (size_t)(j + i) * ATT_ROWS, a[i][0]);
-            _mm512_storeu_ps(sc + (size_t)(j + i) * ATT_ROWS + 16, a[i][1]);
-        }
-    }
-    for (; j < j1; j++) {
-        const float *kr = k + (size_t)j * hd;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        for (int32_t d = 0; d < hd; d++) {
-            const __m512 kv = _mm512_set1_ps(kr[d]);
-            a0 = _mm512_fmadd_ps(kv, _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS), a0);
-            a1 = _mm512_fmadd_ps(kv, _mm512_loadu_ps(qt + (size_t)d * ATT_ROWS + 16), a1);
-        }
-        _mm512_storeu_ps(sc + (size_t)j * ATT_ROWS, a0);
-        _mm512_storeu_ps(sc + (size_t)j * ATT_ROWS + 16, a1);
+    if (nr <= 16) {
+        for (; j + 4 <= j1; j += 4)
+            attn_scores_keys(sc, qt, k, hd, j, 4, 1);
+        for (; j < j1; j++)
+            attn_scores_keys(sc, qt, k, hd, j, 1, 1);
+    } else {
+        for (; j + 4 <= j1; j += 4)
+            attn_scores_keys(sc, qt, k, hd, j, 4, 2);
+        for (; j < j1; j++)
+            attn_scores_keys(sc, qt, k, hd, j, 1, 2);
     }
 }
 
