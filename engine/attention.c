@@ -24,9 +24,12 @@
  *
  * Layouts, chosen so that nothing needs a horizontal sum: the item's
  * queries are transposed once, qt[d][r] (row r = token t * heads + head);
- * a chunk's keys are float rows kf[j][d]; its scores are sc[j][r]. Scores
- * of 16 rows are one vector per key: qt's row d times the broadcast key
- * element, d by d (attn_scores). The softmax steps run across rows too.
+ * a chunk's keys are float rows kf[j][d]; its scores are sc[j][r], 16
+ * lanes per key when the item has at most 16 rows (decode) and 32
+ * otherwise. Scores of 16 rows are one vector per key: qt's row d times
+ * the broadcast key element, d by d (attn_scores), eight keys at a time
+ * when one vector holds the rows, so that eight FMA chains hide the
+ * latency. The softmax steps run across rows too, 16 lanes at a time.
  * Each row's output then gathers the value rows as a sum of scaled rows
  * vectorised across the head dimension (attn_accum), over that row's own
  * keys only, the rows of one token (same keys) four at a time so that each
@@ -89,84 +92,166 @@ typedef void (*attn_accum_fn)(float *const *, const float *const *, int, size_t,
                               int32_t, int32_t);
 
 /* One chunk's softmax step for rows r < nr, whose keys of the chunk are
- * ra[r] <= j < rb[r] (of j0 <= j < j1): scores scaled (and soft-capped),
- * each row's maximum raised to its largest score (the output and sum it
- * has so far rescaled), its scores turned into exp(score - maximum) and
- * their sum added to sum[r]. Loops run across rows, so they vectorise;
- * every element's arithmetic is the same in any lane (selects, no
- * reassociation). Keys outside a row's range stay out of its sums.
- * Defined twice on x86-64: portable, and compiled for AVX-512. */
-#define ATT_SOFTMAX(SUFFIX, ATTR)                                                                  \
-    ATTR static void attn_softmax##SUFFIX(float *restrict sc, int32_t nr, int32_t j0, int32_t j1, \
-                                          const int32_t *ra, const int32_t *rb, float scale,       \
-                                          float softcap, float *max, double *sum,                  \
-                                          float *const *out, int32_t hd)                           \
-    {                                                                                              \
-        float cmax[ATT_ROWS];                                                                      \
-        for (int32_t r = 0; r < nr; r++)                                                           \
-            cmax[r] = max[r];                                                                      \
-        for (int32_t j = j0; j < j1; j++) {                                                        \
-            float *restrict s = sc + (size_t)j * ATT_ROWS;                                         \
-            for (int32_t r = 0; r < nr; r++)                                                       \
-                s[r] *= scale;                                                                     \
-            if (softcap > 0)                                                                       \
-                for (int32_t r = 0; r < nr; r++)                                                   \
-                    s[r] = softcap * tanhf(s[r] / softcap);                                        \
-            for (int32_t r = 0; r < nr; r++)                                                       \
-                cmax[r] = j >= ra[r] && j < rb[r] && s[r] > cmax[r] ? s[r] : cmax[r];              \
-        }                                                                                          \
-        for (int32_t r = 0; r < nr; r++)                                                           \
-            if (cmax[r] > max[r]) {                                                                \
-                if (max[r] != -INFINITY) {                                                         \
-                    const float f = expf(max[r] - cmax[r]);                                        \
-                    for (int32_t d = 0; d < hd; d++)                                               \
-                        out[r][d] *= f;                                                            \
-                    sum[r] *= f;                                                                   \
-                }                                                                                  \
-                max[r] = cmax[r];                                                                  \
-            }                                                                                      \
-        for (int32_t j = j0; j < j1; j++) {                                                        \
-            float *restrict s = sc + (size_t)j * ATT_ROWS;                                         \
-            for (int32_t r = 0; r < nr; r++)                                                       \
-                s[r] = j >= ra[r] && j < rb[r] ? s[r] - max[r] : 0.0f;                             \
-        }                                                                                          \
-        if (nr == ATT_ROWS) /* else only the rows' lanes (decode has a few) */                    \
-            ops_exp(sc + (size_t)j0 * ATT_ROWS, (int64_t)(j1 - j0) * ATT_ROWS);                    \
-        else                                                                                       \
-            for (int32_t j = j0; j < j1; j++)                                                      \
-                ops_exp(sc + (size_t)j * ATT_ROWS, nr);                                            \
-        float csum[ATT_ROWS]; /* the chunk's part in float, the running sum in double */          \
-        for (int32_t r = 0; r < nr; r++)                                                           \
-            csum[r] = 0.0f;                                                                        \
-        for (int32_t j = j0; j < j1; j++) {                                                        \
-            const float *restrict s = sc + (size_t)j * ATT_ROWS;                                   \
-            for (int32_t r = 0; r < nr; r++)                                                       \
-                csum[r] += j >= ra[r] && j < rb[r] ? s[r] : 0.0f;                                  \
-        }                                                                                          \
-        for (int32_t r = 0; r < nr; r++)                                                           \
-            sum[r] += (double)csum[r];                                                             \
-    }
-
-ATT_SOFTMAX(_c, )
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-ATT_SOFTMAX(_avx512, __attribute__((target("avx512f"))))
-#endif
-
-typedef void (*attn_softmax_fn)(float *restrict, int32_t, int32_t, int32_t, const int32_t *,
+ * ra[r] <= j < rb[r] (of j0 <= j < j1), the scores of key j being
+ * sc[j * ss + r]: scores scaled (and soft-capped), each row's maximum
+ * raised to its largest score (the output and sum it has so far
+ * rescaled), its scores turned into exp(score - maximum) and their sum
+ * added to sum[r]. Every element gets the same arithmetic in every
+ * version and lane (selects, no reassociation, the chunk's part of a sum
+ * in key order); keys outside a row's range stay out of its sums. Lanes
+ * nr <= r < ss are set to exp(0), so that one exponential call covers the
+ * chunk. */
+typedef void (*attn_softmax_fn)(float *restrict, size_t, int32_t, int32_t, int32_t, const int32_t *,
                                 const int32_t *, float, float, float *, double *, float *const *,
                                 int32_t);
 
-/* sc[j][r] = sum over d < hd of k[j][d] qt[d][r], for r < nr (at least;
- * a kernel may fill lanes up to a multiple of 16, qt being zero there) and
- * j0 <= j < j1. Portable: each score accumulates d by d. */
-typedef void (*attn_scores_fn)(float *restrict, const float *restrict, const float *restrict, int32_t,
-                               int32_t, int32_t, int32_t);
+/* Rows whose chunk maximum cmax exceeds their running maximum: the output
+ * and sum so far are scaled by exp(max - cmax), and the maximum raised. */
+static void attn_raise_max(int32_t nr, const float *cmax, float *max, double *sum, float *const *out,
+                           int32_t hd)
+{
+    for (int32_t r = 0; r < nr; r++)
+        if (cmax[r] > max[r]) {
+            if (max[r] != -INFINITY) {
+                const float f = expf(max[r] - cmax[r]);
+                for (int32_t d = 0; d < hd; d++)
+                    out[r][d] *= f;
+                sum[r] *= f;
+            }
+            max[r] = cmax[r];
+        }
+}
 
-static void attn_scores_c(float *restrict sc, const float *restrict qt, const float *restrict k,
+static void attn_softmax_c(float *restrict sc, size_t ss, int32_t nr, int32_t j0, int32_t j1,
+                           const int32_t *ra, const int32_t *rb, float scale, float softcap, float *max,
+                           double *sum, float *const *out, int32_t hd)
+{
+    float cmax[ATT_ROWS];
+    for (int32_t r = 0; r < nr; r++)
+        cmax[r] = max[r];
+    for (int32_t j = j0; j < j1; j++) {
+        float *restrict s = sc + (size_t)j * ss;
+        for (int32_t r = 0; r < nr; r++)
+            s[r] *= scale;
+        if (softcap > 0)
+            for (int32_t r = 0; r < nr; r++)
+                s[r] = softcap * tanhf(s[r] / softcap);
+        for (int32_t r = 0; r < nr; r++)
+            cmax[r] = j >= ra[r] && j < rb[r] && s[r] > cmax[r] ? s[r] : cmax[r];
+    }
+    attn_raise_max(nr, cmax, max, sum, out, hd);
+    for (int32_t j = j0; j < j1; j++) {
+        float *restrict s = sc + (size_t)j * ss;
+        for (int32_t r = 0; r < nr; r++)
+            s[r] = j >= ra[r] && j < rb[r] ? s[r] - max[r] : 0.0f;
+        for (size_t r = (size_t)nr; r < ss; r++)
+            s[r] = 0.0f;
+    }
+    ops_exp(sc + (size_t)j0 * ss, (int64_t)(j1 - j0) * (int64_t)ss);
+    float csum[ATT_ROWS]; /* the chunk's part in float, the running sum in double */
+    for (int32_t r = 0; r < nr; r++)
+        csum[r] = 0.0f;
+    for (int32_t j = j0; j < j1; j++) {
+        const float *restrict s = sc + (size_t)j * ss;
+        for (int32_t r = 0; r < nr; r++)
+            csum[r] += j >= ra[r] && j < rb[r] ? s[r] : 0.0f;
+    }
+    for (int32_t r = 0; r < nr; r++)
+        sum[r] += (double)csum[r];
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define ATT_HAVE_AVX512 1
+/* attn_softmax_c with 16 rows per vector: per key, a row's lane is in
+ * range when ra <= j < rb (two compares into a mask), the maximum is a
+ * masked vmaxps (s > cmax ? s : cmax, as in C), the selects are masked
+ * subtractions and additions. Soft-capping (tanhf) stays scalar. */
+__attribute__((target("avx512f"))) static void
+attn_softmax_avx512(float *restrict sc, size_t ss, int32_t nr, int32_t j0, int32_t j1, const int32_t *ra,
+                    const int32_t *rb, float scale, float softcap, float *max, double *sum,
+                    float *const *out, int32_t hd)
+{
+    _Static_assert(ATT_ROWS == 32, "at most two vectors of rows");
+    const int nv = (nr + 15) / 16;
+    __mmask16 live[2] = {0, 0};
+    __m512i va[2], vb[2];
+    __m512 vmax[2], acc[2];
+    assert(ss >= 16 * (size_t)nv && ss % 16 == 0);
+    for (int v = 0; v < nv; v++) {
+        const int32_t lanes = nr - 16 * v;
+        live[v] = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1u);
+        va[v] = _mm512_maskz_loadu_epi32(live[v], ra + 16 * v);
+        vb[v] = _mm512_maskz_loadu_epi32(live[v], rb + 16 * v);
+    }
+#define ATT_IN_RANGE(V, JV)                                                                        \
+    _mm512_mask_cmplt_epi32_mask(_mm512_mask_cmple_epi32_mask(live[V], va[V], JV), JV, vb[V])
+
+    const __m512 vscale = _mm512_set1_ps(scale);
+    if (softcap > 0)
+        for (int32_t j = j0; j < j1; j++) {
+            float *restrict s = sc + (size_t)j * ss;
+            for (int32_t r = 0; r < nr; r++)
+                s[r] = softcap * tanhf(s[r] * scale / softcap);
+        }
+    for (int v = 0; v < nv; v++)
+        acc[v] = _mm512_maskz_loadu_ps(live[v], max + 16 * v);
+    for (int32_t j = j0; j < j1; j++) {
+        const __m512i jv = _mm512_set1_epi32(j);
+        float *restrict s = sc + (size_t)j * ss;
+        for (int v = 0; v < nv; v++) {
+            __m512 x = _mm512_loadu_ps(s + 16 * v);
+            if (!(softcap > 0)) {
+                x = _mm512_mul_ps(x, vscale);
+                _mm512_storeu_ps(s + 16 * v, x);
+            }
+            acc[v] = _mm512_mask_max_ps(acc[v], ATT_IN_RANGE(v, jv), x, acc[v]);
+        }
+    }
+    float cmax[ATT_ROWS];
+    for (int v = 0; v < nv; v++)
+        _mm512_storeu_ps(cmax + 16 * v, acc[v]);
+    attn_raise_max(nr, cmax, max, sum, out, hd);
+    for (int v = 0; v < nv; v++)
+        vmax[v] = _mm512_maskz_loadu_ps(live[v], max + 16 * v);
+    for (int32_t j = j0; j < j1; j++) {
+        const __m512i jv = _mm512_set1_epi32(j);
+        float *restrict s = sc + (size_t)j * ss;
+        for (int v = 0; v < nv; v++)
+            _mm512_storeu_ps(s + 16 * v,
+                             _mm512_maskz_sub_ps(ATT_IN_RANGE(v, jv), _mm512_loadu_ps(s + 16 * v), vmax[v]));
+        for (size_t r = 16 * (size_t)nv; r < ss; r += 16)
+            _mm512_storeu_ps(s + r, _mm512_setzero_ps());
+    }
+    ops_exp(sc + (size_t)j0 * ss, (int64_t)(j1 - j0) * (int64_t)ss);
+    for (int v = 0; v < nv; v++)
+        acc[v] = _mm512_setzero_ps();
+    for (int32_t j = j0; j < j1; j++) {
+        const __m512i jv = _mm512_set1_epi32(j);
+        const float *restrict s = sc + (size_t)j * ss;
+        for (int v = 0; v < nv; v++)
+            acc[v] = _mm512_mask_add_ps(acc[v], ATT_IN_RANGE(v, jv), acc[v], _mm512_loadu_ps(s + 16 * v));
+    }
+#undef ATT_IN_RANGE
+    float csum[ATT_ROWS];
+    for (int v = 0; v < nv; v++)
+        _mm512_storeu_ps(csum + 16 * v, acc[v]);
+    for (int32_t r = 0; r < nr; r++)
+        sum[r] += (double)csum[r];
+}
+#endif
+
+/* sc[j * ss + r] = sum over d < hd of k[j][d] qt[d][r], for r < nr (at
+ * least; a kernel may fill lanes up to a multiple of 16, qt being zero
+ * there) and j0 <= j < j1. Portable: each score accumulates d by d. */
+typedef void (*attn_scores_fn)(float *restrict, size_t, const float *restrict, const float *restrict,
+                               int32_t, int32_t, int32_t, int32_t);
+
+static void attn_scores_c(float *restrict sc, size_t ss, const float *restrict qt, const float *restrict k,
                           int32_t nr, int32_t hd, int32_t j0, int32_t j1)
 {
     for (int32_t j = j0; j < j1; j++) {
-        float *s = sc + (size_t)j * ATT_ROWS;
+        float *s = sc + (size_t)j * ss;
         const float *kr = k + (size_t)j * hd;
         for (int32_t r = 0; r < nr; r++)
             s[r] = 0.0f;
@@ -176,9 +261,7 @@ static void attn_scores_c(float *restrict sc, const float *restrict qt, const fl
     }
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define ATT_HAVE_AVX512 1
+#ifdef ATT_HAVE_AVX512
 /* attn_scores for AVX-512: keys four at a time against the 16-row vectors
  * of qt that hold rows (one for decode's items of up to 16 rows, both
  * otherwise: eight accumulators); per d, a load of each qt vector and four
@@ -187,11 +270,11 @@ static void attn_scores_c(float *restrict sc, const float *restrict qt, const fl
  * vectors there are. NKEYS and NV are constants in each instance, so the
  * accumulators stay in registers. */
 __attribute__((target("avx512f"), always_inline)) static inline void
-attn_scores_keys(float *restrict sc, const float *restrict qt, const float *restrict k, int32_t hd, int32_t j,
-                 const int nkeys, const int nv)
+attn_scores_keys(float *restrict sc, size_t ss, const float *restrict qt, const float *restrict k, int32_t hd,
+                 int32_t j, const int nkeys, const int nv)
 {
     const float *k0 = k + (size_t)j * hd;
-    __m512 a[4][2];
+    __m512 a[8][2];
     for (int i = 0; i < nkeys; i++)
         for (int v = 0; v < nv; v++)
             a[i][v] = _mm512_setzero_ps();
@@ -207,25 +290,26 @@ attn_scores_keys(float *restrict sc, const float *restrict qt, const float *rest
     }
     for (int i = 0; i < nkeys; i++)
         for (int v = 0; v < nv; v++)
-            _mm512_storeu_ps(sc + (size_t)(j + i) * ATT_ROWS + 16 * v, a[i][v]);
+            _mm512_storeu_ps(sc + (size_t)(j + i) * ss + 16 * v, a[i][v]);
 }
 
-__attribute__((target("avx512f"))) static void attn_scores_avx512(float *restrict sc, const float *restrict qt,
+__attribute__((target("avx512f"))) static void attn_scores_avx512(float *restrict sc, size_t ss,
+                                                                   const float *restrict qt,
                                                                    const float *restrict k, int32_t nr,
                                                                    int32_t hd, int32_t j0, int32_t j1)
 {
     _Static_assert(ATT_ROWS == 32, "two zmm of rows");
     int32_t j = j0;
     if (nr <= 16) {
-        for (; j + 4 <= j1; j += 4)
-            attn_scores_keys(sc, qt, k, hd, j, 4, 1);
+        for (; j + 8 <= j1; j += 8)
+            attn_scores_keys(sc, ss, qt, k, hd, j, 8, 1);
         for (; j < j1; j++)
-            attn_scores_keys(sc, qt, k, hd, j, 1, 1);
+            attn_scores_keys(sc, ss, qt, k, hd, j, 1, 1);
     } else {
         for (; j + 4 <= j1; j += 4)
-            attn_scores_keys(sc, qt, k, hd, j, 4, 2);
+            attn_scores_keys(sc, ss, qt, k, hd, j, 4, 2);
         for (; j < j1; j++)
-            attn_scores_keys(sc, qt, k, hd, j, 1, 2);
+            attn_scores_keys(sc, ss, qt, k, hd, j, 1, 2);
     }
 }
 
@@ -314,6 +398,9 @@ static void attn_item(const attn_task *t, float *scratch, int32_t i0, int32_t nt
     int32_t lo[ATT_ROWS], hi[ATT_ROWS]; /* row r sees keys lo[r] .. hi[r] - 1 */
     float max[ATT_ROWS];
     double sum[ATT_ROWS];
+    /* a key's scores: 16 lanes when the rows fit, so that the lanes the
+     * exponentials and vector steps cover are mostly rows */
+    const size_t ss = nr <= 16 ? 16 : ATT_ROWS;
     assert(nr >= 1 && nr <= ATT_ROWS);
 
     memset(qt, 0, (size_t)hd * ATT_ROWS * sizeof(float));
@@ -347,19 +434,19 @@ static void attn_item(const attn_task *t, float *scratch, int32_t i0, int32_t nt
         /* keys base + j0 .. base + j1 - 1 are some row's */
         const int32_t j0 = klo > base ? klo - base : 0;
         const int32_t j1 = khi - base < ATT_CHUNK ? khi - base : ATT_CHUNK;
+        const size_t off = (size_t)kvh * head_bytes;
         for (int32_t j = j0; j < j1; j++) {
-            const size_t off = (size_t)kvh * head_bytes;
             kt->to_float(kv_k_row(kv, a->layer, base + j) + off, kf + (size_t)j * hd, hd);
             kt->to_float(kv_v_row(kv, a->layer, base + j) + off, vf + (size_t)j * hd, hd);
         }
-        t->scores(sc, qt, kf, nr, hd, j0, j1);
+        t->scores(sc, ss, qt, kf, nr, hd, j0, j1);
 
         int32_t ra[ATT_ROWS], rb[ATT_ROWS];
         for (int32_t r = 0; r < nr; r++) {
             ra[r] = lo[r] - base > j0 ? lo[r] - base : j0;
             rb[r] = hi[r] - base < j1 ? hi[r] - base : j1;
         }
-        t->softmax(sc, nr, j0, j1, ra, rb, a->scale, a->softcap, max, sum, out, hd);
+        t->softmax(sc, ss, nr, j0, j1, ra, rb, a->scale, a->softcap, max, sum, out, hd);
         /* a token's rows (its heads) see the same keys: they gather the
          * value rows together */
         for (int32_t r = 0; r < nr;) {
@@ -369,8 +456,8 @@ static void attn_item(const attn_task *t, float *scratch, int32_t i0, int32_t nt
             if (ra[r] < rb[r]) {
                 const float *p[ATT_ACCUM_ROWS];
                 for (int i = 0; i < nrow; i++)
-                    p[i] = sc + (size_t)ra[r] * ATT_ROWS + r + i;
-                t->accum(out + r, p, nrow, ATT_ROWS, vf + (size_t)ra[r] * hd, hd, rb[r] - ra[r]);
+                    p[i] = sc + (size_t)ra[r] * ss + r + i;
+                t->accum(out + r, p, nrow, ss, vf + (size_t)ra[r] * hd, hd, rb[r] - ra[r]);
             }
             r += nrow;
         }
