@@ -126,7 +126,7 @@ int eng_kv_shift(eng_ctx *c, int32_t keep, int32_t n_discard, char err[256]);
  * anything else, truncated or corrupt is refused with ENG_EFORMAT and an
  * error naming the file and the field. Contexts with LoRA adapters attached
  * neither save nor load (their KV depends on the adapters too). */
-#define ENG_KV_FILE_VERSION 1
+#define ENG_KV_FILE_VERSION 2
 /* The size of the file eng_kv_save writes for n positions of c. */
 uint64_t eng_kv_file_bytes(const eng_ctx *c, int32_t n_tokens);
 /* Write positions 0 .. n_tokens-1 (n_tokens <= eng_n_past) with their

@@ -32,11 +32,18 @@ int kv_init(kv_cache *kv, qt_type type, int32_t n_layer, int32_t n_ctx, int32_t 
                  qt_type_name(type), tr->block_elems, head_dim);
         return ENG_EUSAGE;
     }
+    if (head_dim <= 0 || kv_dim % head_dim != 0) {
+        snprintf(err, 256, "KV width %d is not a whole number of heads of %d", kv_dim, head_dim);
+        return ENG_EUSAGE;
+    }
     kv->type = type;
     kv->n_layer = n_layer;
     kv->n_ctx = n_ctx;
     kv->kv_dim = kv_dim;
-    kv->row_bytes = qt_row_bytes(type, kv_dim);
+    kv->head_dim = head_dim;
+    kv->n_head_kv = kv_dim / head_dim;
+    kv->head_bytes = qt_row_bytes(type, head_dim);
+    kv->row_bytes = kv->head_bytes * (size_t)kv->n_head_kv;
     size_t bytes = kv->row_bytes * (size_t)n_layer * (size_t)n_ctx;
     kv->k = malloc(bytes);
     kv->v = malloc(bytes);
@@ -47,6 +54,16 @@ int kv_init(kv_cache *kv, qt_type type, int32_t n_layer, int32_t n_ctx, int32_t 
         return ENG_ENOMEM;
     }
     return ENG_OK;
+}
+
+void kv_store(kv_cache *kv, int32_t layer, int32_t pos, const float *k, const float *v)
+{
+    const qt_traits *tr = qt_get(kv->type);
+    const int32_t hd = kv->head_dim;
+    for (int32_t h = 0; h < kv->n_head_kv; h++) {
+        tr->from_float(k + (size_t)h * hd, kv_k_head(kv, layer, h, pos), hd);
+        tr->from_float(v + (size_t)h * hd, kv_v_head(kv, layer, h, pos), hd);
+    }
 }
 
 void kv_release(kv_cache *kv)
@@ -85,13 +102,17 @@ int eng_kv_shift(eng_ctx *c, int32_t keep, int32_t n_discard, char err[256])
      * the attention factor was applied once already when the key was made. */
     ops_rope_cfg rc = c->rope;
     rc.mscale = 1.0f;
+    const int32_t hd = c->kv.head_dim;
     for (int32_t l = 0; l < c->kv.n_layer; l++) {
         for (int32_t p = keep + n_discard; p < c->n_past; p++) {
             int32_t to = p - n_discard;
-            tr->to_float(kv_k_row(&c->kv, l, p), row, c->kv.kv_dim);
+            for (int32_t h = 0; h < c->kv.n_head_kv; h++)
+                tr->to_float(kv_k_head(&c->kv, l, h, p), row + (size_t)h * hd, hd);
             ops_rope_apply(row, hp->n_head_kv, &rc, -(double)n_discard);
-            tr->from_float(row, kv_k_row(&c->kv, l, to), c->kv.kv_dim);
-            memmove(kv_v_row(&c->kv, l, to), kv_v_row(&c->kv, l, p), c->kv.row_bytes);
+            for (int32_t h = 0; h < c->kv.n_head_kv; h++) {
+                tr->from_float(row + (size_t)h * hd, kv_k_head(&c->kv, l, h, to), hd);
+                memmove(kv_v_head(&c->kv, l, h, to), kv_v_head(&c->kv, l, h, p), c->kv.head_bytes);
+            }
         }
     }
     free(row);

@@ -13,14 +13,17 @@
  * Layout (integers little-endian; rows as the cache holds them, so the file
  * is for machines of the same byte order, which the magic tells apart):
  *   0  magic "OPKVSTAT"        36 row_bytes (u32)
- *   8  version (u32) = 1       40 n_tokens (u32)
+ *   8  version (u32) = 2       40 n_tokens (u32)
  *  12  header bytes (u32) = 64 44 reserved (u32) = 0
  *  16  identity (u64)          48 checksum (u64) of the file with this field 0
  *  24  kv type (u32, qt_type)  56 reserved (u64) = 0
  *  28  n_layer (u32)
  *  32  kv_dim (u32)
- *  64  n_tokens token ids (i32), then per layer the K rows of positions
- *      0 .. n-1, then the V rows (each row row_bytes).
+ *  64  n_tokens token ids (i32), then per layer and KV head the K slices
+ *      of positions 0 .. n-1, then the V slices (each row_bytes / number of
+ *      KV heads; the number of heads follows from the identity). Version 1
+ *      held whole position rows instead, as the cache did then; it is
+ *      refused like any other mismatch, and the caller prefills.
  * The size is therefore fixed by the header, and a file of any other size
  * is truncated or has been appended to.
  *
@@ -268,8 +271,12 @@ static int read_part(int fd, void *buf, size_t n, const char *path, const char *
 }
 
 /* The sections after the header, in file order: tokens, then K and V of
- * each layer. i = 0 is the tokens. */
-static size_t n_sections(const eng_ctx *c) { return 1 + 2 * (size_t)c->kv.n_layer; }
+ * each KV head of each layer (each contiguous in the cache). i = 0 is the
+ * tokens. */
+static size_t n_sections(const eng_ctx *c)
+{
+    return 1 + 2 * (size_t)c->kv.n_layer * (size_t)c->kv.n_head_kv;
+}
 
 static uint8_t *section(const eng_ctx *c, size_t i, const int32_t *tokens, size_t *len,
                         int32_t n_tokens)
@@ -278,9 +285,12 @@ static uint8_t *section(const eng_ctx *c, size_t i, const int32_t *tokens, size_
         *len = (size_t)n_tokens * sizeof(int32_t);
         return (uint8_t *)(uintptr_t)tokens;
     }
-    int32_t layer = (int32_t)((i - 1) / 2);
-    *len = (size_t)n_tokens * c->kv.row_bytes;
-    return (i - 1) % 2 == 0 ? kv_k_row(&c->kv, layer, 0) : kv_v_row(&c->kv, layer, 0);
+    const size_t per_layer = 2 * (size_t)c->kv.n_head_kv;
+    const int32_t layer = (int32_t)((i - 1) / per_layer);
+    const size_t k = (i - 1) % per_layer; /* K of every head, then V */
+    const int32_t head = (int32_t)(k % (size_t)c->kv.n_head_kv);
+    *len = (size_t)n_tokens * c->kv.head_bytes;
+    return k < (size_t)c->kv.n_head_kv ? kv_k_head(&c->kv, layer, head, 0) : kv_v_head(&c->kv, layer, head, 0);
 }
 
 int eng_kv_save(eng_ctx *c, const char *path, const int32_t *tokens, int32_t n_tokens,
@@ -518,7 +528,7 @@ int eng_kv_load(eng_ctx *c, const char *path, int32_t **tokens, int32_t *n_token
         size_t len;
         uint8_t *p = section(c, i, NULL, &len, n);
         char what[48];
-        snprintf(what, sizeof what, "the rows of layer %zu", (i - 1) / 2);
+        snprintf(what, sizeof what, "the rows of layer %zu", (i - 1) / (2 * (size_t)c->kv.n_head_kv));
         rc = read_part(fd, p, len, path, what, err);
         sum = hash_bytes(sum, p, len);
     }

@@ -238,9 +238,7 @@ static void rows_do(const rows_task *t, int32_t i0, int32_t i1)
             const float *cs = c->rope_cs + (size_t)i * (size_t)hp->n_rot;
             ops_rope_apply_table(qi, hp->n_head, &c->rope, cs);
             ops_rope_apply_table(ki, hp->n_head_kv, &c->rope, cs);
-            const qt_traits *kt = qt_get(c->kv.type);
-            kt->from_float(ki, kv_k_row(&c->kv, t->l, c->n_past + i), kv_dim);
-            kt->from_float(vi, kv_v_row(&c->kv, t->l, c->n_past + i), kv_dim);
+            kv_store(&c->kv, t->l, c->n_past + i, ki, vi);
             break;
         }
         case ROWS_ATTN_OUT:

@@ -59,25 +59,37 @@ struct eng_model {
     int32_t n_weights;     /* eng_w ids are 0 .. n_weights-1 */
 };
 
-/* The KV cache: for each layer, n_ctx rows of kv_dim elements of K and of V
- * (in `type`, F16 or Q8_0), position-major so a decode step appends one row. */
+/* The KV cache: K and V (in `type`: F32, F16 or Q8_0) as
+ * [layer][KV head][position][head_dim], head-major so that attention,
+ * which works one KV head at a time, reads a run of positions as one
+ * contiguous stretch (hardware prefetchers see it coming; a position-major
+ * row would give each head a short slice every row_bytes). A decode step
+ * writes one slice per KV head. */
 typedef struct kv_cache {
     qt_type type;
-    int32_t n_layer, n_ctx, kv_dim;
-    size_t row_bytes;
+    int32_t n_layer, n_ctx, kv_dim, head_dim, n_head_kv;
+    size_t row_bytes;  /* a position's kv_dim elements */
+    size_t head_bytes; /* a position's head_dim elements of one KV head */
     uint8_t *k, *v;
 } kv_cache;
 
 int kv_init(kv_cache *kv, qt_type type, int32_t n_layer, int32_t n_ctx, int32_t kv_dim,
             int32_t head_dim, char err[256]);
 void kv_release(kv_cache *kv);
-static inline uint8_t *kv_k_row(const kv_cache *kv, int32_t layer, int32_t pos)
+/* Store a position's key and value rows (kv_dim floats each), head by head. */
+void kv_store(kv_cache *kv, int32_t layer, int32_t pos, const float *k, const float *v);
+static inline size_t kv_offset(const kv_cache *kv, int32_t layer, int32_t head, int32_t pos)
 {
-    return kv->k + ((size_t)layer * (size_t)kv->n_ctx + (size_t)pos) * kv->row_bytes;
+    return (((size_t)layer * (size_t)kv->n_head_kv + (size_t)head) * (size_t)kv->n_ctx + (size_t)pos) *
+           kv->head_bytes;
 }
-static inline uint8_t *kv_v_row(const kv_cache *kv, int32_t layer, int32_t pos)
+static inline uint8_t *kv_k_head(const kv_cache *kv, int32_t layer, int32_t head, int32_t pos)
 {
-    return kv->v + ((size_t)layer * (size_t)kv->n_ctx + (size_t)pos) * kv->row_bytes;
+    return kv->k + kv_offset(kv, layer, head, pos);
+}
+static inline uint8_t *kv_v_head(const kv_cache *kv, int32_t layer, int32_t head, int32_t pos)
+{
+    return kv->v + kv_offset(kv, layer, head, pos);
 }
 
 /* Attention of a batch over the cache (attention.c). */

@@ -612,15 +612,17 @@ static void context_shift_matches_fresh_keys(void **state)
     assert_int_equal(eng_n_past(a), 10);
     const kv_cache *ka = &a->kv, *kb = &b->kv;
     const qt_traits *tr = qt_get(ka->type);
-    float *x = malloc((size_t)ka->kv_dim * sizeof(float)), *y = malloc((size_t)ka->kv_dim * sizeof(float));
-    for (int32_t p = 0; p < 10; p++) {
-        assert_memory_equal(kv_v_row(ka, 0, p), kv_v_row(kb, 0, p), ka->row_bytes);
-        tr->to_float(kv_k_row(ka, 0, p), x, ka->kv_dim);
-        tr->to_float(kv_k_row(kb, 0, p), y, ka->kv_dim);
-        for (int32_t d = 0; d < ka->kv_dim; d++)
-            if (fabsf(x[d] - y[d]) > 2e-3f * (1.0f + fabsf(y[d])))
-                fail_msg("position %d dim %d: shifted key %g, fresh key %g", p, d, x[d], y[d]);
-    }
+    const int32_t hd = ka->head_dim;
+    float *x = malloc((size_t)hd * sizeof(float)), *y = malloc((size_t)hd * sizeof(float));
+    for (int32_t p = 0; p < 10; p++)
+        for (int32_t h = 0; h < ka->n_head_kv; h++) {
+            assert_memory_equal(kv_v_head(ka, 0, h, p), kv_v_head(kb, 0, h, p), ka->head_bytes);
+            tr->to_float(kv_k_head(ka, 0, h, p), x, hd);
+            tr->to_float(kv_k_head(kb, 0, h, p), y, hd);
+            for (int32_t d = 0; d < hd; d++)
+                if (fabsf(x[d] - y[d]) > 2e-3f * (1.0f + fabsf(y[d])))
+                    fail_msg("position %d head %d dim %d: shifted key %g, fresh key %g", p, h, d, x[d], y[d]);
+        }
     free(x);
     free(y);
     eng_ctx_free(a);

@@ -51,19 +51,18 @@ static void fixture_init(fixture *f, const attn_case *ac)
     const int32_t hd = ac->head_dim, kv_dim = ac->n_head_kv * hd, q_dim = ac->n_head * hd;
     const int32_t n_ctx = ac->n_past + ac->n_tokens;
     assert_int_equal(kv_init(&f->kv, ac->type, N_LAYER, n_ctx, kv_dim, hd, err), 0);
-    const qt_traits *kt = qt_get(ac->type);
-    float *row = malloc((size_t)kv_dim * sizeof(float));
+    float *krow = malloc((size_t)kv_dim * sizeof(float)), *vrow = malloc((size_t)kv_dim * sizeof(float));
     for (int32_t l = 0; l < N_LAYER; l++)
         for (int32_t pos = 0; pos < n_ctx; pos++) {
             /* keys with a spread of sizes, so the softmax is not flat */
             for (int32_t d = 0; d < kv_dim; d++)
-                row[d] = 3.0f * frand();
-            kt->from_float(row, kv_k_row(&f->kv, l, pos), kv_dim);
+                krow[d] = 3.0f * frand();
             for (int32_t d = 0; d < kv_dim; d++)
-                row[d] = frand();
-            kt->from_float(row, kv_v_row(&f->kv, l, pos), kv_dim);
+                vrow[d] = frand();
+            kv_store(&f->kv, l, pos, krow, vrow);
         }
-    free(row);
+    free(krow);
+    free(vrow);
     f->q = malloc((size_t)ac->n_tokens * q_dim * sizeof(float));
     for (size_t i = 0; i < (size_t)ac->n_tokens * q_dim; i++)
         f->q[i] = frand();
@@ -106,7 +105,6 @@ static void reference(const fixture *f, int32_t i, int32_t h, double *want)
     const attn_case *ac = f->ac;
     const int32_t hd = ac->head_dim, kvh = h / (ac->n_head / ac->n_head_kv);
     const qt_traits *kt = qt_get(ac->type), *qt = qt_get(kt->vec_dot_type);
-    const size_t head_bytes = qt_row_bytes(ac->type, hd);
     float *qf = malloc((size_t)hd * sizeof(float)), *room = malloc((size_t)hd * sizeof(float) * 2);
     float *kf = malloc((size_t)hd * sizeof(float)), *vf = malloc((size_t)hd * sizeof(float));
     const float *q = f->q + (size_t)i * f->a.q_stride + (size_t)h * hd;
@@ -120,7 +118,7 @@ static void reference(const fixture *f, int32_t i, int32_t h, double *want)
     const int32_t lo = ac->window > 0 && pos - ac->window + 1 > 0 ? pos - ac->window + 1 : 0;
     double *s = malloc((size_t)(pos + 1) * sizeof(double)), mx = -INFINITY, sum = 0;
     for (int32_t j = lo; j <= pos; j++) {
-        kt->to_float(kv_k_row(&f->kv, LAYER, j) + (size_t)kvh * head_bytes, kf, hd);
+        kt->to_float(kv_k_head(&f->kv, LAYER, kvh, j), kf, hd);
         double dot = 0;
         for (int32_t d = 0; d < hd; d++)
             dot += (double)qf[d] * kf[d];
@@ -136,7 +134,7 @@ static void reference(const fixture *f, int32_t i, int32_t h, double *want)
     for (int32_t j = lo; j <= pos; j++) {
         const double e = exp(s[j] - mx);
         sum += e;
-        kt->to_float(kv_v_row(&f->kv, LAYER, j) + (size_t)kvh * head_bytes, vf, hd);
+        kt->to_float(kv_v_head(&f->kv, LAYER, kvh, j), vf, hd);
         for (int32_t d = 0; d < hd; d++)
             want[d] += e * vf[d];
     }
