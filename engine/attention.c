@@ -268,13 +268,14 @@ static void attn_scores_c(float *restrict sc, size_t ss, const float *restrict q
 }
 
 #ifdef ATT_HAVE_AVX512
-/* attn_scores for AVX-512: keys four at a time against the 16-row vectors
- * of qt that hold rows (one for decode's items of up to 16 rows, both
- * otherwise: eight accumulators); per d, a load of each qt vector and four
- * broadcast key elements feed the FMAs. Each score is the same chain of
- * FMAs, d by d, whatever its key's place in a group and however many
- * vectors there are. NKEYS and NV are constants in each instance, so the
- * accumulators stay in registers. */
+/* attn_scores for AVX-512: NKEYS keys at a time against the NV 16-row
+ * vectors of qt that hold rows (decode's items of up to 16 rows: eight keys
+ * and one vector; others: four keys and both vectors; eight accumulators
+ * either way, enough FMA chains to hide their latency); per d, a load of
+ * each qt vector and NKEYS broadcast key elements feed the FMAs. Each score
+ * is the same chain of FMAs, d by d, whatever its key's place in a group
+ * and however many vectors there are. NKEYS and NV are constants in each
+ * instance, so the accumulators stay in registers. */
 __attribute__((target("avx512f"), always_inline)) static inline void
 attn_scores_keys(float *restrict sc, size_t ss, const float *restrict qt, const float *restrict k, int32_t hd,
                  int32_t j, const int nkeys, const int nv)

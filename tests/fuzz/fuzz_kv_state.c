@@ -99,7 +99,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     p.n_threads = 1;
     if (eng_ctx_new(&ctx, model, &p, err))
         die("context", err);
-    const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    const char *dir = getenv("TMPDIR");
+    if (access("/dev/shm", W_OK) == 0)
+        dir = "/dev/shm";
+    else if (!dir)
+        dir = "/tmp";
     snprintf(in_path, sizeof in_path, "%s/fuzz_kv_state.%d.in", dir, (int)getpid());
     snprintf(out_path, sizeof out_path, "%s/fuzz_kv_state.%d.out", dir, (int)getpid());
     int32_t ids[N_TEMPLATE];
